@@ -1,0 +1,313 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""The command line: argparse front end, --json output, one error handler, documented exit codes.
+
+Heavy imports (tpm2-pytss, cryptography) happen inside the commands that need them, so
+``tpmseal --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from tpmseal import __version__
+from tpmseal.errors import ExitCode, TpmsealError, UsageError
+
+log = logging.getLogger("tpmseal")
+
+EXIT_CODES_HELP = """exit codes:
+  0 success          1 failure           2 usage error        3 volume problem
+  4 no TPM           5 PCRs changed      6 wrong PIN/lockout  7 bad token
+  8 refused (safety) 9 missing program  10 wrong unlock key  11 sealed by another TPM"""
+
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "yes", "true", "on"):
+        return True
+    if t in ("0", "no", "false", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, not '{text}'")
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _unlock_key(args: argparse.Namespace) -> Any:
+    from tpmseal.prompt import ask, read_key_file
+
+    if args.unlock_key_file:
+        return read_key_file(args.unlock_key_file)
+    return ask(f"Passphrase for {args.device}: ")
+
+
+def _pin_source(args: argparse.Namespace) -> Callable[[], bytearray]:
+    """Asks once (terminal or stdin), then hands out copies the caller wipes."""
+    from tpmseal.prompt import ask
+
+    cache: list[Any] = []
+
+    def get() -> bytearray:
+        if not cache:
+            cache.append(ask(f"TPM2 PIN for {args.device}: "))
+        return bytearray(cache[0].buffer)
+
+    return get
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from tpmseal.enroll import enroll_recovery, enroll_tpm
+    from tpmseal.lock import volume_lock
+    from tpmseal.luks.volume import Volume
+    from tpmseal.prompt import ask_new_pin
+    from tpmseal.tpm.pcrs import parse_pcrs
+    from tpmseal.wipe import parse_wipe_spec
+
+    volume = Volume(args.device)
+    wipe_spec = parse_wipe_spec(args.wipe_slot) if args.wipe_slot else None
+    selection = parse_pcrs(args.tpm2_pcrs)
+    if args.recovery_key and (args.tpm2_with_pin or args.replace):
+        raise UsageError("--recovery-key cannot be combined with --tpm2-with-pin or --replace")
+    volume.header()  # fail early on a wrong device, before asking for secrets
+    with volume_lock(volume.path), _unlock_key(args) as key:
+        if args.recovery_key:
+            result, recovery = enroll_recovery(volume, key)
+            with recovery:
+                text = recovery.buffer.decode()
+                if args.json:
+                    _print_json({**asdict(result), "recovery_key": text})
+                else:
+                    print("A recovery key was added. Write it down and keep it safe; it is shown only once:")
+                    print(f"\n    {text}\n")
+                    print(f"keyslot {result.keyslot}, token {result.token} ({result.type})")
+                del text
+            return 0
+        pin = ask_new_pin() if args.tpm2_with_pin else None
+        try:
+            result = enroll_tpm(
+                volume, key, args.tpm2_device, selection, pin, args.replace, wipe_spec, args.force
+            )
+        finally:
+            if pin is not None:
+                pin.close()
+    if args.json:
+        _print_json(asdict(result))
+    else:
+        for line in result.cleaned_up:
+            print(f"cleaned up: {line}")
+        print(
+            f"enrolled {result.device}: keyslot {result.keyslot}, token {result.token} ({result.type}), "
+            f"PCRs {result.pcrs or 'none'} ({result.pcr_bank}){', with PIN' if result.pin else ''}"
+        )
+        if result.verified == "key-only":
+            print(
+                "note: sealed for PCR values that are not the current ones; the TPM will unseal it "
+                "once the PCRs reach them"
+            )
+        if result.replaced_keyslots:
+            print(f"replaced: keyslot(s) {', '.join(map(str, result.replaced_keyslots))} removed")
+        if result.wiped_keyslots:
+            print(f"wiped: keyslot(s) {', '.join(map(str, result.wiped_keyslots))}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tpmseal.inventory import report
+    from tpmseal.luks.volume import Volume
+
+    volume = Volume(args.device)
+    rep = report(volume, volume.header(), None if args.no_tpm else args.tpm2_device)
+    if args.json:
+        _print_json(rep.to_json())
+        return 0
+    print(f"{'SLOT':<5} {'KIND':<10} {'TOKENS':<8} KDF")
+    for slot in rep.keyslots:
+        print(f"{slot.keyslot:<5} {slot.kind:<10} {','.join(map(str, slot.tokens)) or '-':<8} {slot.kdf}")
+    if rep.tokens:
+        print(f"\n{'TOKEN':<6} {'TYPE':<16} {'KEYSLOTS':<9} DETAILS")
+        for t in rep.tokens:
+            detail = ""
+            if t.error:
+                detail = f"unreadable: {t.error}"
+            elif t.pcrs is not None:
+                state = {
+                    True: "PCRs match",
+                    False: f"PCR(s) {','.join(map(str, t.changed_pcrs))} changed",
+                    None: "PCRs not checked",
+                }[t.policy_satisfied]
+                detail = f"PCRs {t.pcrs or 'none'} ({t.pcr_bank}){', PIN' if t.pin else ''}; {state}"
+            if t.orphan:
+                detail = (detail + "; " if detail else "") + "orphan: left by an interrupted operation"
+            print(f"{t.token:<6} {t.type:<16} {','.join(map(str, t.keyslots)) or '-':<9} {detail}")
+    for orphan in rep.orphan_keyslots:
+        print(
+            f"warning: keyslot {orphan} is an orphan of an interrupted enrollment (its key is lost); "
+            "the next 'tpmseal enroll' removes it",
+            file=sys.stderr,
+        )
+    if rep.tpm_error:
+        print(f"warning: PCR state not checked: {rep.tpm_error}", file=sys.stderr)
+    return 0
+
+
+def cmd_test_unlock(args: argparse.Namespace) -> int:
+    from tpmseal import errors
+    from tpmseal.inventory import test_unlock
+    from tpmseal.luks.volume import Volume
+
+    volume = Volume(args.device)
+    results = test_unlock(volume, volume.header(), args.tpm2_device, _pin_source(args))
+    if args.json:
+        _print_json({"device": volume.path, "results": [asdict(r) for r in results]})
+    else:
+        for r in results:
+            ks = ",".join(map(str, r.keyslots)) or "-"
+            status = "ok" if r.ok else f"FAILED: {r.error}"
+            print(f"token {r.token} ({r.type}, keyslot {ks}): {status}")
+    if not results:
+        raise TpmsealError(f"{volume.path} has no TPM token", "enroll one with 'tpmseal enroll'")
+    if any(r.ok for r in results):
+        return 0
+    first = results[0].error_kind or ""
+    cls = getattr(errors, first, None)
+    code = cls.exit_code if isinstance(cls, type) and issubclass(cls, TpmsealError) else ExitCode.FAILURE
+    return int(code)
+
+
+def cmd_wipe_slot(args: argparse.Namespace) -> int:
+    from tpmseal.lock import volume_lock
+    from tpmseal.luks.volume import Volume
+    from tpmseal.wipe import parse_wipe_spec, select, wipe
+
+    volume = Volume(args.device)
+    spec = parse_wipe_spec(args.wipe_slot)
+    with volume_lock(volume.path):
+        header = volume.header()
+        wiped = wipe(volume, header, select(volume, header, spec), args.tpm2_device, args.force)
+    if args.json:
+        _print_json({"device": volume.path, "wiped_keyslots": wiped})
+    else:
+        print(f"wiped keyslot(s) {', '.join(map(str, wiped))}" if wiped else "nothing to wipe")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tpmseal.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tpmseal",
+        description="Seal LUKS2 keys to a TPM 2.0 and unlock volumes with them.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"tpmseal {__version__}")
+    p.add_argument("--debug", action="store_true", help="log commands run and show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def device(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("device", metavar="DEVICE", help="LUKS2 block device or image file")
+
+    def tpm(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--tpm2-device",
+            default="auto",
+            metavar="DEV",
+            help="auto (/dev/tpmrm0), a device path, or a TCTI such as swtpm:path=SOCK",
+        )
+
+    def as_json(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print JSON (schema: docs/json-output.md)")
+
+    e = sub.add_parser("enroll", help="seal a new key to the TPM (or add a recovery key)")
+    device(e)
+    tpm(e)
+    e.add_argument(
+        "--tpm2-pcrs",
+        default="7",
+        metavar="PCRS",
+        help="PCRs to bind to: 7+11, 7:sha256, 7:sha256=HEX (default 7; '' for none)",
+    )
+    e.add_argument(
+        "--tpm2-with-pin",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_bool,
+        metavar="BOOL",
+        help="also require a PIN (asked on the terminal, or read from stdin)",
+    )
+    e.add_argument("--unlock-key-file", metavar="FILE", help="existing key file of the volume")
+    e.add_argument("--recovery-key", action="store_true", help="add a generated recovery key instead")
+    e.add_argument("--replace", action="store_true", help="rotate an existing tpmseal token")
+    e.add_argument("--wipe-slot", metavar="SLOTS", help="after enrolling, wipe these keyslots")
+    e.add_argument("--force", action="store_true", help="allow wiping the last working keyslot")
+    as_json(e)
+    e.set_defaults(func=cmd_enroll)
+
+    ls = sub.add_parser("list", help="show keyslots, tokens and whether the PCR policies still hold")
+    device(ls)
+    tpm(ls)
+    ls.add_argument("--no-tpm", action="store_true", help="do not read PCRs")
+    as_json(ls)
+    ls.set_defaults(func=cmd_list)
+
+    t = sub.add_parser("test-unlock", help="unseal each TPM token and test its key (maps nothing)")
+    device(t)
+    tpm(t)
+    as_json(t)
+    t.set_defaults(func=cmd_test_unlock)
+
+    w = sub.add_parser("wipe-slot", help="remove keyslots and their tokens, never the last way in")
+    device(w)
+    tpm(w)
+    w.add_argument(
+        "--wipe-slot",
+        required=True,
+        metavar="SLOTS",
+        help="all, empty, password, recovery, tpm2, or keyslot numbers, comma-separated",
+    )
+    w.add_argument("--force", action="store_true", help="allow wiping the last working keyslot")
+    as_json(w)
+    w.set_defaults(func=cmd_wipe_slot)
+
+    d = sub.add_parser("demo", help="run the whole job on a private swtpm and a LUKS2 image file")
+    d.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="tpmseal: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except TpmsealError as e:
+        if args.debug:
+            log.exception("error")
+        print(f"tpmseal: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"tpmseal: hint: {e.hint}", file=sys.stderr)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        print("tpmseal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Enroll a TPM-sealed key or a recovery key, in an order where no crash loses a way in.
+
+1. check the volume and the unlock key; 2. seal a fresh key to the TPM; 3. import a
+``tpmseal-pending`` marker naming the keyslot about to be added; 4. ``luksAddKey``; 5. replace the
+marker in place by the real token (one header write); 6. prove it: unseal from the token as written
+and test the key against its keyslot; 7. only then remove replaced tokens and ``--wipe-slot`` ones.
+A crash after 3 leaves a marker that says which keyslot (if any) is an orphan; every key the volume had
+before still opens it. ``list`` reports it and the next enroll cleans it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tpmseal.errors import NoFreeKeyslot, Refused, TpmsealError
+from tpmseal.inventory import orphan_keyslots, orphan_tokens
+from tpmseal.luks.tokens import (
+    NATIVE_TYPE,
+    NativeToken,
+    Seal,
+    now,
+    parse_native,
+    pending_marker,
+    recovery_marker,
+    render_native,
+)
+from tpmseal.luks.volume import Header, Volume
+from tpmseal.recovery import generate_recovery_key
+from tpmseal.secret import Secret
+from tpmseal.tpm.pcrs import PcrSelection
+from tpmseal.unlock import PinSource, keyslot_passphrase, read_pcrs, unseal_token
+from tpmseal.wipe import WipeSpec, remove_keyslot, select, wipe
+
+if TYPE_CHECKING:
+    from tpm2_pytss import ESAPI
+
+log = logging.getLogger("tpmseal")
+
+KEY_BYTES = 32
+PIN_SALT_BYTES = 16
+
+
+@dataclass
+class EnrollResult:
+    device: str
+    keyslot: int
+    token: int
+    type: str
+    pcrs: str = ""
+    pcr_bank: str = ""
+    pin: bool = False
+    verified: str = "unsealed"  # unsealed | key-only (sealed for a PCR state that is not current)
+    replaced_keyslots: list[int] = field(default_factory=list)
+    wiped_keyslots: list[int] = field(default_factory=list)
+    cleaned_up: list[str] = field(default_factory=list)
+
+
+def check_unlock_key(volume: Volume, key: Secret) -> None:
+    from tpmseal.errors import BadUnlockKey
+
+    if not volume.test_key(key.buffer):
+        raise BadUnlockKey(f"the given passphrase or key does not open {volume.path}")
+
+
+def clean_up_interrupted(volume: Volume, header: Header) -> list[str]:
+    """Remove what an interrupted enrollment left: orphan keyslots (their key is lost) and markers."""
+    done = []
+    for k in orphan_keyslots(header):
+        remove_keyslot(volume, header, k)
+        done.append(f"removed orphan keyslot {k}")
+    header = volume.header()
+    for t in orphan_tokens(header):
+        volume.remove_token(t)
+        done.append(f"removed orphan token {t}")
+    return done
+
+
+def _free_slots(volume: Volume, header: Header) -> tuple[int, int]:
+    slot, token = header.free_keyslot(), header.free_token()
+    if slot is None:
+        raise NoFreeKeyslot(f"{volume.path} has no free keyslot")
+    if token is None:
+        raise NoFreeKeyslot(f"{volume.path} has no free token slot", "remove an unused token first")
+    return slot, token
+
+
+def _add_with_token(
+    volume: Volume, unlock_key: Secret, new_key: Secret, slot: int, token_id: int, token: dict[str, object]
+) -> None:
+    """Steps 3-5: marker, keyslot, token in place of the marker."""
+    volume.import_token(pending_marker(slot), token_id)
+    volume.add_keyslot(unlock_key.buffer, new_key.buffer, slot)
+    token["keyslots"] = [str(slot)]
+    volume.import_token(token, token_id, replace=True)
+
+
+def enroll_tpm(
+    volume: Volume,
+    unlock_key: Secret,
+    tpm_device: str,
+    selection: PcrSelection,
+    pin: Secret | None = None,
+    replace: bool = False,
+    wipe_spec: WipeSpec | None = None,
+    force: bool = False,
+) -> EnrollResult:
+    from tpmseal.tpm.device import open_tpm
+    from tpmseal.tpm.policy import policy_digest
+    from tpmseal.tpm.seal import pin_auth, seal
+    from tpmseal.tpm.srk import ensure_srk
+
+    header = volume.header()
+    old = [t for t in header.tokens.values() if t.type == NATIVE_TYPE and t.keyslots]
+    if old and not replace:
+        ids = ", ".join(f"token {t.id} (keyslot {', '.join(map(str, t.keyslots))})" for t in old)
+        raise Refused(
+            f"{volume.path} already has a tpmseal token: {ids}",
+            "use --replace to rotate it (the new one is proven before the old one goes)",
+        )
+    check_unlock_key(volume, unlock_key)
+    cleaned = clean_up_interrupted(volume, header)
+    if cleaned:
+        header = volume.header()
+    slot, token_id = _free_slots(volume, header)
+    uuid = volume.uuid()
+
+    with open_tpm(tpm_device) as esapi:
+        srk_tr, srk_ref = ensure_srk(esapi)
+        missing = tuple(p.index for p in selection.pcrs if p.value is None)
+        current = read_pcrs(esapi, PcrSelection(selection.bank, selection.pcrs)) if selection.pcrs else {}
+        full = selection.with_values(current) if missing else selection
+        is_current = all(current.get(p.index) == p.value for p in full.pcrs)
+        policy = policy_digest(full, pin is not None)
+        salt = os.urandom(PIN_SALT_BYTES) if pin is not None else None
+        auth = pin_auth(pin.buffer, salt) if pin is not None and salt is not None else None
+        with Secret.random(KEY_BYTES) as key:
+            try:
+                sealed = seal(esapi, srk_tr, key, policy, auth)
+            finally:
+                if auth is not None:
+                    auth.close()
+                esapi.tr_close(srk_tr)
+            native = NativeToken(
+                keyslots=(),
+                created=now(),
+                srk=srk_ref,
+                seals=(Seal("enrolled", full, policy, pin is not None, salt, sealed),),
+                luks_uuid=uuid,
+            )
+            with keyslot_passphrase(key) as phrase:
+                _add_with_token(volume, unlock_key, phrase, slot, token_id, render_native(native))
+                verified = _prove(volume, esapi, slot, token_id, phrase, pin, is_current)
+
+    result = EnrollResult(
+        volume.path, slot, token_id, NATIVE_TYPE, full.format(), full.bank, pin is not None, verified,
+        cleaned_up=cleaned,
+    )  # fmt: skip
+    header = volume.header()
+    for t in old:
+        for k in t.keyslots:
+            if k in header.keyslots:
+                remove_keyslot(volume, header, k)
+                result.replaced_keyslots.append(k)
+        header = volume.header()
+        if t.id in header.tokens:
+            volume.remove_token(t.id)
+    if wipe_spec is not None:
+        header = volume.header()
+        result.wiped_keyslots = wipe(
+            volume, header, select(volume, header, wipe_spec, frozenset({slot})), tpm_device, force
+        )
+    return result
+
+
+def _prove(
+    volume: Volume,
+    esapi: ESAPI,
+    slot: int,
+    token_id: int,
+    phrase: Secret,
+    pin: Secret | None,
+    is_current: bool,
+) -> str:
+    """Step 6. On failure the new keyslot and token are removed again and the error is raised."""
+    try:
+        header = volume.header()
+        token = parse_native(header.tokens[token_id].data)
+        if is_current:
+            pin_copy: PinSource | None = (lambda: bytearray(pin.buffer)) if pin is not None else None
+            with unseal_token(esapi, token, pin_copy) as raw, keyslot_passphrase(raw) as again:
+                if again != phrase:
+                    raise TpmsealError("the key unsealed from the new token differs from the one sealed")
+        if not volume.test_key(phrase.buffer, slot):
+            raise TpmsealError(f"the new key does not open keyslot {slot}")
+        return "unsealed" if is_current else "key-only"
+    except BaseException:
+        log.error("enrollment could not be proven; removing keyslot %d and token %d again", slot, token_id)
+        header = volume.header()
+        remove_keyslot(volume, header, slot)
+        if token_id in volume.header().tokens:
+            volume.remove_token(token_id)
+        raise
+
+
+def enroll_recovery(volume: Volume, unlock_key: Secret) -> tuple[EnrollResult, Secret]:
+    """Add a generated recovery key; the caller prints it once. It is never stored."""
+    header = volume.header()
+    check_unlock_key(volume, unlock_key)
+    slot, token_id = _free_slots(volume, header)
+    key = generate_recovery_key()
+    try:
+        _add_with_token(volume, unlock_key, key, slot, token_id, recovery_marker(slot))
+        if not volume.test_key(key.buffer, slot):
+            raise TpmsealError(f"the recovery key does not open keyslot {slot}")
+    except BaseException:
+        key.close()
+        raise
+    return EnrollResult(volume.path, slot, token_id, "recovery", verified="key-only"), key

@@ -1,0 +1,214 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""What a volume holds (list) and which TPM tokens open it now (test-unlock)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tpmseal.errors import TpmsealError
+from tpmseal.luks.tokens import (
+    NATIVE_TYPE,
+    PENDING_TYPE,
+    RECOVERY_TYPE,
+    NativeToken,
+    parse_native,
+    pending_keyslot,
+)
+from tpmseal.luks.volume import Header, Token, Volume
+from tpmseal.unlock import PinSource, changed_pcrs, keyslot_passphrase, read_pcrs, unseal_token
+
+TPM_TYPES = (NATIVE_TYPE, "systemd-tpm2")
+
+# Keyslot kinds (also the words --wipe-slot takes).
+PASSPHRASE = "password"
+RECOVERY = "recovery"
+TPM2 = "tpm2"
+ORPHAN = "orphan"
+
+
+@dataclass
+class KeyslotInfo:
+    keyslot: int
+    kind: str  # password | recovery | tpm2 | orphan | <other token type>
+    tokens: list[int]
+    kdf: str
+
+
+@dataclass
+class TokenInfo:
+    token: int
+    type: str
+    keyslots: list[int]
+    orphan: bool = False  # a tpmseal token without keyslot, or an unfinished enrollment
+    pcrs: str | None = None
+    pcr_bank: str | None = None
+    pin: bool | None = None
+    seals: int | None = None
+    created: str | None = None
+    policy_satisfied: bool | None = None  # None: not checked (no TPM, or not a TPM token we read)
+    changed_pcrs: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class VolumeReport:
+    device: str
+    keyslots: list[KeyslotInfo]
+    tokens: list[TokenInfo]
+    orphan_keyslots: list[int]
+    orphan_tokens: list[int]
+    tpm_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def native_tokens(header: Header) -> list[tuple[Token, NativeToken]]:
+    """Every parseable native token; corrupt ones are skipped (list reports them)."""
+    out = []
+    for t in header.tokens.values():
+        if t.type == NATIVE_TYPE:
+            try:
+                out.append((t, parse_native(t.data)))
+            except TpmsealError:
+                continue
+    return out
+
+
+def orphan_keyslots(header: Header) -> list[int]:
+    """Keyslots added by an enrollment that never got its token (see enroll.py's pending marker)."""
+    claimed = {ks for t in header.tokens.values() if t.type != PENDING_TYPE for ks in t.keyslots}
+    out = []
+    for t in header.tokens.values():
+        ks = pending_keyslot(t.data) if t.type == PENDING_TYPE else None
+        if ks is not None and ks in header.keyslots and ks not in claimed:
+            out.append(ks)
+    return sorted(out)
+
+
+def orphan_tokens(header: Header) -> list[int]:
+    return sorted(
+        t.id
+        for t in header.tokens.values()
+        if t.type == PENDING_TYPE or (t.type in (NATIVE_TYPE, RECOVERY_TYPE) and not t.keyslots)
+    )
+
+
+def keyslot_kind(header: Header, keyslot: int, orphans: list[int]) -> str:
+    types = {t.type for t in header.tokens_of(keyslot)}
+    if types & set(TPM_TYPES):
+        return TPM2
+    if RECOVERY_TYPE in types:
+        return RECOVERY
+    if types:
+        return sorted(types)[0]
+    return ORPHAN if keyslot in orphans else PASSPHRASE
+
+
+def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeReport:
+    orphans = orphan_keyslots(header)
+    keyslots = [
+        KeyslotInfo(k, keyslot_kind(header, k, orphans), [t.id for t in header.tokens_of(k)], ks.kdf)
+        for k, ks in sorted(header.keyslots.items())
+    ]
+    orphan_ids = orphan_tokens(header)
+    tokens: list[TokenInfo] = []
+    natives: list[tuple[TokenInfo, NativeToken]] = []
+    for t in sorted(header.tokens.values(), key=lambda t: t.id):
+        info = TokenInfo(t.id, t.type, list(t.keyslots), orphan=t.id in orphan_ids)
+        if t.type == NATIVE_TYPE:
+            try:
+                nt = parse_native(t.data)
+            except TpmsealError as e:
+                info.error = e.message
+            else:
+                first = nt.seals[0]
+                info.pcrs = first.pcrs.format()
+                info.pcr_bank = first.pcrs.bank
+                info.pin = nt.pin
+                info.seals = len(nt.seals)
+                info.created = nt.created
+                natives.append((info, nt))
+        tokens.append(info)
+    tpm_error = None
+    if natives and tpm_device is not None:
+        tpm_error = _check_policies(tpm_device, natives)
+    return VolumeReport(volume.path, keyslots, tokens, orphans, orphan_ids, tpm_error)
+
+
+def _check_policies(tpm_device: str, natives: list[tuple[TokenInfo, NativeToken]]) -> str | None:
+    """Compare each token's sealed PCR values with the current ones (reads PCRs, unseals nothing)."""
+    from tpmseal.tpm.device import open_tpm
+
+    try:
+        with open_tpm(tpm_device) as esapi:
+            for info, nt in natives:
+                best: list[int] | None = None
+                for s in nt.seals:
+                    changed = changed_pcrs(s, read_pcrs(esapi, s.pcrs)) if s.pcrs.pcrs else []
+                    if best is None or len(changed) < len(best):
+                        best = changed
+                info.changed_pcrs = best or []
+                info.policy_satisfied = not best
+    except TpmsealError as e:
+        return e.message
+    return None
+
+
+@dataclass
+class UnlockResult:
+    token: int
+    type: str
+    keyslots: list[int]
+    ok: bool
+    error: str | None = None
+    error_kind: str | None = None
+
+
+def test_unlock(
+    volume: Volume,
+    header: Header,
+    tpm_device: str,
+    pin: PinSource | None = None,
+    only: Callable[[Token], bool] | None = None,
+) -> list[UnlockResult]:
+    """Unseal every native TPM token and test its key against its keyslot(s). Maps nothing."""
+    from tpmseal.tpm.device import open_tpm
+
+    results: list[UnlockResult] = []
+    candidates = [t for t in sorted(header.tokens.values(), key=lambda t: t.id) if t.type == NATIVE_TYPE]
+    if only is not None:
+        candidates = [t for t in candidates if only(t)]
+    if not candidates:
+        return results
+    try:
+        ctx = open_tpm(tpm_device)
+        esapi = ctx.__enter__()
+    except TpmsealError as e:
+        return [
+            UnlockResult(t.id, t.type, list(t.keyslots), False, e.message, type(e).__name__)
+            for t in candidates
+        ]
+    try:
+        for t in candidates:
+            r = UnlockResult(t.id, t.type, list(t.keyslots), False)
+            try:
+                nt = parse_native(t.data)
+                if not nt.keyslots:
+                    raise _no_keyslot(t.id)
+                with unseal_token(esapi, nt, pin) as raw, keyslot_passphrase(raw) as phrase:
+                    r.ok = all(volume.test_key(phrase.buffer, ks) for ks in nt.keyslots)
+                    if not r.ok:
+                        r.error, r.error_kind = "the unsealed key does not open its keyslot", "KeyMismatch"
+            except TpmsealError as e:
+                r.error, r.error_kind = e.message, type(e).__name__
+            results.append(r)
+    finally:
+        ctx.__exit__(None, None, None)
+    return results
+
+
+def _no_keyslot(token_id: int) -> TpmsealError:
+    return TpmsealError(f"token {token_id} is not bound to any keyslot")

@@ -1,0 +1,154 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""A LUKS2 volume, driven through the real ``cryptsetup`` tool.
+
+Metadata is read as JSON (``luksDump --dump-json-metadata``), never scraped from text. Keys go to
+cryptsetup on stdin or on an inherited pipe (``/dev/fd/N``); none is ever in argv or in a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from tpmseal.errors import CommandFailed, NotLuks2, TokenCorrupt, VolumeError
+from tpmseal.proc import SecretFd, run
+
+CRYPTSETUP = "cryptsetup"
+LUKS2_KEYSLOTS = 32
+LUKS2_TOKENS = 32
+
+# Keyslots for TPM-sealed and generated recovery keys hold 256 (resp. 160) random bits: a slow KDF
+# adds nothing against guessing such a key, while it costs seconds (and, for argon2, a GiB) at every
+# boot. PBKDF2 with cryptsetup's minimum iteration count is what systemd-cryptenroll uses too.
+RANDOM_KEY_PBKDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--hash", "sha512"]
+
+# cryptsetup's exit code for "No key available with this passphrase".
+EXIT_WRONG_KEY = 2
+
+
+@dataclass(frozen=True)
+class Keyslot:
+    id: int
+    kdf: str
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    type: str
+    keyslots: tuple[int, ...]
+    data: dict[str, Any] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Header:
+    keyslots: dict[int, Keyslot]
+    tokens: dict[int, Token]
+
+    def tokens_of(self, keyslot: int) -> list[Token]:
+        return [t for t in self.tokens.values() if keyslot in t.keyslots]
+
+    def free_keyslot(self) -> int | None:
+        return next((i for i in range(LUKS2_KEYSLOTS) if i not in self.keyslots), None)
+
+    def free_token(self) -> int | None:
+        return next((i for i in range(LUKS2_TOKENS) if i not in self.tokens), None)
+
+
+def parse_header(metadata: dict[str, Any]) -> Header:
+    """The parts of LUKS2 JSON metadata tpmseal uses."""
+    try:
+        keyslots = {
+            int(k): Keyslot(int(k), str(v.get("kdf", {}).get("type", "?")))
+            for k, v in metadata["keyslots"].items()
+        }
+        tokens = {
+            int(k): Token(int(k), str(v["type"]), tuple(int(s) for s in v.get("keyslots", [])), v)
+            for k, v in metadata["tokens"].items()
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise VolumeError(f"unexpected LUKS2 metadata: {e}") from None
+    return Header(keyslots, tokens)
+
+
+class Volume:
+    """One LUKS2 volume (a block device or an image file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _check_exists(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            raise VolumeError(
+                f"{self.path}: {e.strerror}", "give a block device or a LUKS2 image file"
+            ) from None
+        if not (stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            raise VolumeError(f"{self.path} is not a block device or an image file")
+
+    def header(self) -> Header:
+        """Read the LUKS2 header; raise NotLuks2 for anything else."""
+        self._check_exists()
+        try:
+            r = run([CRYPTSETUP, "luksDump", "--dump-json-metadata", self.path])
+        except CommandFailed:
+            is_luks = run([CRYPTSETUP, "isLuks", self.path], ok_codes=(0, 1)).returncode == 0
+            if is_luks:
+                raise NotLuks2(f"{self.path} is a LUKS1 volume") from None
+            raise NotLuks2(f"{self.path} is not a LUKS volume") from None
+        try:
+            return parse_header(json.loads(r.stdout))
+        except json.JSONDecodeError as e:
+            raise VolumeError(f"cryptsetup printed invalid JSON for {self.path}: {e}") from None
+
+    def uuid(self) -> str:
+        return run([CRYPTSETUP, "luksUUID", self.path]).stdout.strip()
+
+    def test_key(self, key: bytes | bytearray, keyslot: int | None = None) -> bool:
+        """Whether ``key`` opens the volume (only ``keyslot`` if given). Maps nothing."""
+        argv = [CRYPTSETUP, "open", "--test-passphrase", "--key-file", "-"]
+        if keyslot is not None:
+            argv += ["--key-slot", str(keyslot)]
+        r = run([*argv, self.path], stdin=key, ok_codes=(0, 1, EXIT_WRONG_KEY))
+        if r.returncode == 1 and "Nothing to read" in r.stderr:
+            return False  # an empty key opens nothing we could add a keyslot with
+        if r.returncode == 1:
+            raise CommandFailed(r.argv, r.returncode, r.stderr)
+        return r.returncode == 0
+
+    def opens_with_empty_passphrase(self, keyslot: int) -> bool:
+        """Whether ``keyslot`` has an empty passphrase (read as a passphrase line, not a key file)."""
+        argv = [CRYPTSETUP, "open", "--test-passphrase", "--key-slot", str(keyslot), self.path]
+        return run(argv, stdin=b"\n", ok_codes=(0, 1, EXIT_WRONG_KEY)).returncode == 0
+
+    def add_keyslot(self, existing: bytes | bytearray, new: bytes | bytearray, keyslot: int) -> None:
+        """Add ``new`` in ``keyslot``, authorized by ``existing`` (stdin); ``new`` comes on a pipe fd."""
+        run(
+            [
+                CRYPTSETUP, "luksAddKey", "--batch-mode", *RANDOM_KEY_PBKDF,
+                "--key-file", "-", "--new-key-slot", str(keyslot),
+                "--new-keyfile", SecretFd(0), self.path,
+            ],
+            stdin=existing,
+            secrets=[new],
+        )  # fmt: skip
+
+    def kill_keyslot(self, keyslot: int) -> None:
+        """Destroy a keyslot. cryptsetup also drops it from every token's keyslots list."""
+        run([CRYPTSETUP, "luksKillSlot", "--batch-mode", self.path, str(keyslot)])
+
+    def import_token(self, token: dict[str, Any], token_id: int, replace: bool = False) -> None:
+        argv = [CRYPTSETUP, "token", "import", "--json-file", "-", "--token-id", str(token_id)]
+        if replace:
+            argv.append("--token-replace")
+        try:
+            run([*argv, self.path], stdin=json.dumps(token, sort_keys=True).encode())
+        except CommandFailed as e:
+            raise TokenCorrupt(f"cryptsetup refused token {token_id} on {self.path}: {e}") from None
+
+    def remove_token(self, token_id: int) -> None:
+        run([CRYPTSETUP, "token", "remove", "--token-id", str(token_id), self.path])

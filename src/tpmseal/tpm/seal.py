@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Seal and unseal a secret under a PCR policy (optionally with a PIN), over salted sessions.
+
+Unseal costs five TPM commands: Load, StartAuthSession (salted with the SRK, AES-128-CFB response
+encryption), PolicyPCR, Unseal (session not continued: the TPM flushes it) and FlushContext of the
+sealed object. The SRK comes from the token's serialized ESYS_TR, so there is no ReadPublic and no
+CreatePrimary. The unsealed key crosses the bus encrypted; a PIN enters only the session HMAC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tpmseal.errors import PinRejected, PolicyMismatch, TpmLockout, WrongTpm
+from tpmseal.secret import Secret
+from tpmseal.tpm.device import lockout_status, tpm_error
+from tpmseal.tpm.pcrs import PcrSelection
+from tpmseal.tpm.policy import marshal_pcr_selection
+
+if TYPE_CHECKING:
+    from tpm2_pytss import ESAPI
+
+MAX_SEALED = 128  # TPM2B_SENSITIVE_DATA holds at most 128 bytes
+
+
+@dataclass(frozen=True)
+class SealedObject:
+    private: bytes  # TPM2B_PRIVATE, marshaled
+    public: bytes  # TPM2B_PUBLIC, marshaled
+
+
+def pin_auth(pin: bytearray, salt: bytes) -> Secret:
+    """The object's authValue for a PIN: HMAC-SHA256 keyed by a per-seal random salt."""
+    return Secret.take(bytearray(hmac.new(salt, bytes(pin), hashlib.sha256).digest()))
+
+
+def _symmetric() -> Any:
+    from tpm2_pytss import TPM2_ALG, TPMT_SYM_DEF
+
+    sym = TPMT_SYM_DEF(algorithm=TPM2_ALG.AES)
+    sym.keyBits.aes = 128
+    sym.mode.aes = TPM2_ALG.CFB
+    return sym
+
+
+def seal(esapi: ESAPI, srk: Any, secret: Secret, policy: bytes, auth: Secret | None) -> SealedObject:
+    """Create a KEYEDHASH object holding ``secret`` under the SRK; its only way out is ``policy``.
+
+    The sensitive part goes to the TPM encrypted (salted HMAC session with command encryption).
+    """
+    from tpm2_pytss import (
+        ESYS_TR,
+        TPM2_ALG,
+        TPM2_SE,
+        TPM2B_PUBLIC,
+        TPM2B_SENSITIVE_CREATE,
+        TPMA_OBJECT,
+        TPMA_SESSION,
+        TPMS_SENSITIVE_CREATE,
+        TPMT_PUBLIC,
+        TSS2_Exception,
+    )
+
+    if len(secret) > MAX_SEALED:
+        raise ValueError("secret too large to seal")
+    attrs = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+    if auth is None:
+        attrs |= TPMA_OBJECT.NODA  # no PIN: nothing to guess, keep out of dictionary-attack counting
+    public = TPM2B_PUBLIC(
+        TPMT_PUBLIC(
+            type=TPM2_ALG.KEYEDHASH, nameAlg=TPM2_ALG.SHA256, objectAttributes=attrs, authPolicy=policy
+        )
+    )
+    public.publicArea.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG.NULL
+    sensitive = TPM2B_SENSITIVE_CREATE(
+        TPMS_SENSITIVE_CREATE(userAuth=bytes(auth.buffer) if auth else b"", data=bytes(secret.buffer))
+    )
+    session = ESYS_TR.NONE
+    try:
+        session = esapi.start_auth_session(srk, ESYS_TR.NONE, TPM2_SE.HMAC, _symmetric(), TPM2_ALG.SHA256)
+        esapi.trsess_set_attributes(session, TPMA_SESSION.DECRYPT, 0xFF)  # not continued: TPM flushes it
+        private, public_out, _, _, _ = esapi.create(srk, sensitive, public, session1=session)
+        session = ESYS_TR.NONE
+    except TSS2_Exception as e:
+        raise tpm_error(e, "sealing the key") from None
+    finally:
+        if session != ESYS_TR.NONE:
+            esapi.flush_context(session)
+        sensitive.sensitive.data.buffer = bytes(len(secret))  # best effort: wipe the C copy
+    return SealedObject(bytes(private.marshal()), bytes(public_out.marshal()))
+
+
+def unseal(
+    esapi: ESAPI, srk: Any, sealed: SealedObject, selection: PcrSelection, auth: Secret | None
+) -> Secret:
+    """Unseal under PolicyPCR (+PolicyAuthValue); raises PolicyMismatch, PinRejected, WrongTpm, …"""
+    from tpm2_pytss import (
+        ESYS_TR,
+        TPM2_ALG,
+        TPM2_RC,
+        TPM2_SE,
+        TPM2B_PRIVATE,
+        TPM2B_PUBLIC,
+        TPMA_SESSION,
+        TPML_PCR_SELECTION,
+        TSS2_Exception,
+    )
+
+    try:
+        priv, _ = TPM2B_PRIVATE.unmarshal(sealed.private)
+        pub, _ = TPM2B_PUBLIC.unmarshal(sealed.public)
+    except (TSS2_Exception, ValueError) as e:
+        from tpmseal.errors import TokenCorrupt
+
+        raise TokenCorrupt(f"the sealed object cannot be decoded: {e}") from None
+    obj = ESYS_TR.NONE
+    session = ESYS_TR.NONE
+    try:
+        try:
+            obj = esapi.load(srk, priv, pub)
+        except TSS2_Exception as e:
+            if e.error in (TPM2_RC.INTEGRITY, TPM2_RC.HANDLE, TPM2_RC.BINDING, TPM2_RC.SIZE, TPM2_RC.VALUE):
+                raise WrongTpm(
+                    "this TPM cannot load the sealed key (another TPM, or the TPM was cleared)"
+                ) from None
+            raise tpm_error(e, "loading the sealed key") from None
+        session = esapi.start_auth_session(srk, ESYS_TR.NONE, TPM2_SE.POLICY, _symmetric(), TPM2_ALG.SHA256)
+        esapi.trsess_set_attributes(session, TPMA_SESSION.ENCRYPT, 0xFF)
+        if selection.pcrs:
+            pcrs, _ = TPML_PCR_SELECTION.unmarshal(marshal_pcr_selection(selection.bank, selection.indexes))
+            esapi.policy_pcr(session, b"", pcrs)
+        if auth is not None:
+            esapi.policy_auth_value(session)
+            esapi.tr_set_auth(obj, bytes(auth.buffer))
+        try:
+            data = esapi.unseal(obj, session1=session)
+            session = ESYS_TR.NONE  # not continued: the TPM flushed it
+        except TSS2_Exception as e:
+            if e.error == TPM2_RC.POLICY_FAIL:
+                raise PolicyMismatch(
+                    "the TPM refused to unseal: the PCR values do not match the policy"
+                ) from None
+            if e.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
+                failed, maximum = lockout_status(esapi)
+                left = max(maximum - failed, 0)
+                raise PinRejected(
+                    f"wrong PIN ({left} of {maximum} tries left before the TPM locks out)",
+                    tries_left=left,
+                    hint="wrong PINs are not retried; each one counts toward the TPM's lockout",
+                ) from None
+            if e.error == TPM2_RC.LOCKOUT:
+                raise TpmLockout("the TPM is in dictionary-attack lockout and refuses the PIN") from None
+            raise tpm_error(e, "unsealing") from None
+        out = Secret.take(bytearray(data.buffer))
+        data.buffer = bytes(len(out))  # best effort: wipe the C copy
+        return out
+    except TSS2_Exception as e:
+        raise tpm_error(e, "unsealing") from None
+    finally:
+        for handle in (session, obj):
+            if handle != ESYS_TR.NONE:
+                with contextlib.suppress(TSS2_Exception):
+                    esapi.flush_context(handle)

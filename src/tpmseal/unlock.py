@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""From a token to the key of its keyslot: the path every unlock takes (test-unlock, boot, unlock)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tpmseal.errors import PolicyMismatch, TokenCorrupt
+from tpmseal.luks.tokens import NativeToken, Seal
+from tpmseal.secret import Secret
+from tpmseal.tpm.pcrs import PcrSelection
+from tpmseal.tpm.seal import pin_auth, unseal
+from tpmseal.tpm.srk import srk_from_ref
+
+if TYPE_CHECKING:
+    from tpm2_pytss import ESAPI
+
+PinSource = Callable[[], bytearray]
+
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def keyslot_passphrase(raw: Secret) -> Secret:
+    """The keyslot passphrase of a sealed key: base64 of its bytes, built without immutable copies.
+
+    Text, not raw bytes, so that the ask-password protocol (NUL-terminated strings) can carry it, as
+    systemd's tokens do.
+    """
+    src = raw.buffer
+    out = bytearray(4 * ((len(src) + 2) // 3))
+    o = 0
+    for i in range(0, len(src), 3):
+        chunk = src[i : i + 3]
+        n = (
+            (chunk[0] << 16)
+            | ((chunk[1] if len(chunk) > 1 else 0) << 8)
+            | (chunk[2] if len(chunk) > 2 else 0)
+        )
+        out[o] = _B64[(n >> 18) & 63]
+        out[o + 1] = _B64[(n >> 12) & 63]
+        out[o + 2] = _B64[(n >> 6) & 63] if len(chunk) > 1 else 61
+        out[o + 3] = _B64[n & 63] if len(chunk) > 2 else 61
+        o += 4
+    return Secret.take(out)
+
+
+def read_pcrs(esapi: ESAPI, selection: PcrSelection) -> dict[int, bytes]:
+    """Current values of the selected PCRs (one bank); PCR_Read returns at most 8 per call."""
+    from tpm2_pytss import TPML_PCR_SELECTION
+
+    out: dict[int, bytes] = {}
+    pending = list(selection.indexes)
+    while pending:
+        spec = f"{selection.bank}:" + ",".join(str(i) for i in pending)
+        _, sel, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(spec))
+        got = (
+            [i for i in pending if sel.pcrSelections[0].pcrSelect[i // 8] & (1 << (i % 8))]
+            if sel.count
+            else []
+        )
+        if not got:
+            break
+        for i, d in zip(got, digests, strict=False):
+            out[i] = bytes(d)
+        pending = [i for i in pending if i not in out]
+    return out
+
+
+def changed_pcrs(seal: Seal, current: dict[int, bytes]) -> list[int]:
+    return [p.index for p in seal.pcrs.pcrs if current.get(p.index) != p.value]
+
+
+def unseal_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None) -> Secret:
+    """The raw sealed key of a native token. Tries the seal(s) whose PCR state is current.
+
+    With one seal it goes straight to the TPM (five commands); with several it reads the PCRs first
+    to pick the one that can work. The PIN is asked for only when a seal needs it.
+    """
+    if not token.seals:
+        raise TokenCorrupt("token has no seals")
+    candidates = list(token.seals)
+    if len(candidates) > 1:
+        current = read_pcrs(esapi, candidates[0].pcrs) if candidates[0].pcrs.pcrs else {}
+        for s in candidates[1:]:
+            if s.pcrs.bank != candidates[0].pcrs.bank or set(s.pcrs.indexes) - set(current):
+                current.update(read_pcrs(esapi, s.pcrs))
+        matching = [s for s in candidates if not changed_pcrs(s, current)]
+        if not matching:
+            raise _mismatch(candidates[0], current)
+        candidates = matching
+    srk = srk_from_ref(esapi, token.srk)
+    try:
+        seal = candidates[0]
+        auth = None
+        if seal.pin:
+            if pin is None or seal.pin_salt is None:
+                from tpmseal.errors import UsageError
+
+                raise UsageError("this token needs a PIN", "give it with --tpm2-with-pin or on stdin")
+            pin_text = pin()
+            try:
+                auth = pin_auth(pin_text, seal.pin_salt)
+            finally:
+                pin_text[:] = bytes(len(pin_text))
+        try:
+            return unseal(esapi, srk, seal.sealed, seal.pcrs, auth)
+        except PolicyMismatch:
+            raise _mismatch(seal, read_pcrs(esapi, seal.pcrs)) from None
+        finally:
+            if auth is not None:
+                auth.close()
+    finally:
+        esapi.tr_close(srk)
+
+
+def _mismatch(seal: Seal, current: dict[int, bytes]) -> PolicyMismatch:
+    changed = changed_pcrs(seal, current)
+    which = ", ".join(str(i) for i in changed) or "none visible"
+    return PolicyMismatch(f"the TPM refused to unseal: PCR(s) {which} differ from the sealed state")

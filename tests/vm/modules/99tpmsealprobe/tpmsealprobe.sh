@@ -1,0 +1,114 @@
+#!/bin/sh
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# The probe proper. Kernel arguments it reads:
+#   tpmsealprobe.names=a,b    mapper names to check (default: the name in root=/dev/mapper/NAME)
+#   tpmsealprobe.mode=m1,m2   extra steps: enroll, python (extendpcr7 is done by the pre-udev hook)
+#   tpmsealprobe.enroll=DEV   the LUKS device that "enroll" enrolls (default /dev/vda)
+# Every result line starts with "TPMSEALPROBE: ".
+
+say() { echo "TPMSEALPROBE: $*"; }
+uptime_s() { read -r up _ < /proc/uptime; echo "$up"; }
+now_ns() { date +%s%N; }
+ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
+
+cmdline=$(cat /proc/cmdline)
+arg() {
+    # value of kernel argument $1 (last one wins), empty if absent
+    _val=
+    for _w in $cmdline; do
+        case $_w in "$1"=*) _val=${_w#"$1"=} ;; esac
+    done
+    echo "$_val"
+}
+
+names=$(arg tpmsealprobe.names | tr ',' ' ')
+if [ -z "$names" ]; then
+    root=$(arg root)
+    case $root in /dev/mapper/*) names=${root#/dev/mapper/} ;; esac
+fi
+modes=" $(arg tpmsealprobe.mode | tr ',' ' ') "
+
+say "START uptime=$(uptime_s)"
+
+check_volume() {
+    n=$1
+    dev=/dev/mapper/$n
+    i=0
+    while [ ! -b "$dev" ] && [ $i -lt 100 ]; do
+        sleep 0.2
+        i=$((i + 1))
+    done
+    if [ ! -b "$dev" ] || ! cryptsetup status "$n" > /dev/null 2>&1; then
+        say "NOT_UNLOCKED $n uptime=$(uptime_s)"
+        return 1
+    fi
+    say "UNLOCKED $n uptime=$(uptime_s)"
+    marker="tpmsealprobe-$n-$(now_ns)"
+    printf '%s' "$marker" | dd of="$dev" bs=512 seek=8 conv=sync,fsync 2> /dev/null
+    echo 3 > /proc/sys/vm/drop_caches
+    back=$(dd if="$dev" bs=512 skip=8 count=1 iflag=direct 2> /dev/null | tr -d '\000')
+    if [ "$back" = "$marker" ]; then
+        say "RW_OK $n"
+    else
+        say "RW_FAIL $n wrote=$marker read=$back"
+    fi
+}
+
+for n in $names; do
+    check_volume "$n"
+done
+
+tpms=
+for t in /dev/tpm0 /dev/tpmrm0; do
+    [ -c "$t" ] && tpms="$tpms $t"
+done
+say "TPM devices:${tpms:- none}"
+if [ -c /dev/tpmrm0 ] && command -v tpm2_pcrread > /dev/null; then
+    TPM2TOOLS_TCTI=device:/dev/tpmrm0 tpm2_pcrread sha256:0,1,2,3,4,5,6,7 2>&1 |
+        while read -r line; do say "PCR $line"; done
+fi
+
+case $modes in
+    *" enroll "*)
+        dev=$(arg tpmsealprobe.enroll)
+        dev=${dev:-/dev/vda}
+        t0=$(now_ns)
+        out=$(PASSWORD=$(cat /etc/tpmsealprobe/passphrase) \
+            systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=7 "$dev" 2>&1)
+        rc=$?
+        ms=$(ms_since "$t0")
+        echo "$out" | while read -r line; do say "enroll: $line"; done
+        if [ $rc -eq 0 ] && cryptsetup luksDump "$dev" | grep -q systemd-tpm2; then
+            say "ENROLL_OK ms=$ms"
+        else
+            say "ENROLL_FAIL rc=$rc"
+        fi
+        ;;
+esac
+
+case $modes in
+    *" python "*)
+        # Python of the tpmseal module (dracut/90tpmseal): start-up, import, PCR read
+        py=/usr/lib/tpmseal/python3
+        if [ ! -x "$py" ]; then
+            say "PY_MISSING $py"
+        else
+            for run in 1 2 3; do
+                t0=$(now_ns)
+                "$py" -I -S -c pass
+                say "PY_START run=$run rc=$? ms=$(ms_since "$t0")"
+            done
+            for run in 1 2; do
+                t0=$(now_ns)
+                "$py" -I -S -c 'import sys; sys.path.append("/usr/lib/tpmseal/site"); import tpm2_pytss'
+                say "PY_IMPORT_TPM2_PYTSS run=$run rc=$? ms=$(ms_since "$t0")"
+            done
+            t0=$(now_ns)
+            "$py" -I -S /usr/lib/tpmsealprobe/pyprobe.py 2>&1 | while read -r line; do say "$line"; done
+            say "PY_PROBE_PROCESS ms=$(ms_since "$t0")"
+        fi
+        ;;
+esac
+
+say "DONE uptime=$(uptime_s)"
+sync
