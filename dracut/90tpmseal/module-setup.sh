@@ -19,9 +19,13 @@
 #   /usr/lib/tpmseal/python3        symlink to the interpreter
 #   /usr/bin/tpmseal                launcher: python -I -S, site dir appended
 
-# Entry points of the unlock path. Optional ones are taken when they exist.
-TPMSEAL_PY_REQUIRE="tpmseal tpm2_pytss tpm2_pytss.ESAPI"
-TPMSEAL_PY_OPTIONAL="tpmseal.cli tpmseal.boot.agent tpmseal.boot.unlock"
+# Entry points of the unlock path: their import closure is installed. Optional
+# ones are taken when they exist. A module the unlock path imports lazily
+# (inside a function) must be named here, or in TPMSEAL_PY_EXTRA, or the
+# initramfs will not have it.
+TPMSEAL_PY_REQUIRE="tpmseal tpmseal.cli tpm2_pytss tpm2_pytss.ESAPI"
+TPMSEAL_PY_OPTIONAL="tpmseal.unlock tpmseal.tpm.device tpmseal.tpm.seal tpmseal.tpm.srk
+    tpmseal.luks.volume tpmseal.luks.tokens tpmseal.boot.agent tpmseal.boot.unlock"
 TPMSEAL_SITE=/usr/lib/tpmseal/site
 
 check() {
@@ -43,11 +47,11 @@ installkernel() {
 tpmseal_install_python() {
     local py=${TPMSEAL_PYTHON:-/usr/bin/python3}
     local closure kind src dst interp=
-    local -a sources=()
+    local -a sources=() entries=()
 
     # shellcheck disable=SC2086  # word splitting of the module lists is intended
     closure=$("$py" -I "$moddir/python-closure.py" --site-dest "$TPMSEAL_SITE" \
-        --require $TPMSEAL_PY_REQUIRE --optional $TPMSEAL_PY_OPTIONAL) || {
+        --require $TPMSEAL_PY_REQUIRE ${TPMSEAL_PY_EXTRA:-} --optional $TPMSEAL_PY_OPTIONAL) || {
         derror "tpmseal: cannot compute the Python import closure with $py"
         return 1
     }
@@ -69,6 +73,9 @@ tpmseal_install_python() {
             dir)
                 inst_dir "$dst"
                 ;;
+            entry)
+                entries+=("$dst")
+                ;;
         esac
     done <<< "$closure"
     [[ $interp ]] || return 1
@@ -80,6 +87,8 @@ tpmseal_install_python() {
             --invalidation-mode unchecked-hash > /dev/null || return 1
 
     ln_r "$interp" /usr/lib/tpmseal/python3
+    # the entry modules the closure was computed from, for checks in the guest
+    printf '%s\n' "${entries[@]}" > "$initdir/usr/lib/tpmseal/python-entries"
     mkdir -p "$initdir/usr/bin"
     cat > "$initdir/usr/bin/tpmseal" << EOF
 #!$interp -IS

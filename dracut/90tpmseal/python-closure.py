@@ -9,8 +9,9 @@ TPMSEAL_PYTHON (a venv's python is fine):
 
 How: a child interpreter is started exactly the way the initramfs starts it
 (``-I -S``, then the non-stdlib part of this interpreter's sys.path appended),
-imports the entry modules and reports every module in sys.modules. That is the
-import closure as it really happens, including C extensions; modules imported
+imports the entry modules and reports every module a finder located (also
+those whose import then failed and was caught) plus everything in sys.modules.
+That is the import closure as it really happens, including C extensions; modules imported
 lazily inside functions are not seen, so the unlock path imports at the top of
 its modules (a VM test imports the entry points inside the guest).
 
@@ -19,6 +20,7 @@ Output, one line per item, tab-separated:
     elf     SRC  DST    a C extension module (install with its library deps)
     file    SRC  DST    a Python source file
     dir     -    DST    a directory that must exist (the lib-dynload landmark)
+    entry   -    NAME   an entry module that imported (for a check in the guest)
 Stdlib files keep their path (the interpreter finds its prefix from them);
 everything from site-packages goes below --site-dest.
 """
@@ -37,10 +39,34 @@ import sys
 args = __import__("json").loads(sys.argv[1])
 std_path = [p for p in sys.path if p]
 sys.path.extend(args["extra"])
+found = set()
+
+
+class Tracer:
+    # Records every module a finder located, also those whose code then raised
+    # (tpm2_pytss imports .policy inside try/except NotImplementedError: the
+    # module leaves sys.modules again, yet the guest must have it to fail the
+    # same way).
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        for finder in sys.meta_path:
+            if finder is Tracer or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.has_location and spec.origin:
+                    found.add(spec.origin)
+                return spec
+        return None
+
+
+sys.meta_path.insert(0, Tracer)
 missing = []
+imported = []
 for name in args["require"] + args["optional"]:
     try:
         __import__(name)
+        imported.append(name)
     except ModuleNotFoundError as exc:
         # an optional entry that does not exist (yet) is fine; a missing dependency is not
         if name in args["optional"] and exc.name is not None and (
@@ -52,7 +78,7 @@ for name in args["require"] + args["optional"]:
 # codecs Python may need at start-up in another locale
 for name in ("encodings.ascii", "encodings.latin_1", "encodings.utf_8"):
     __import__(name)
-files = []
+files = list(found)
 for mod in list(sys.modules.values()):
     f = getattr(mod, "__file__", None)
     if f:
@@ -63,6 +89,7 @@ out = {
     "executable": sys._base_executable,
     "files": sorted(set(files)),
     "missing": missing,
+    "imported": imported,
 }
 print(__import__("json").dumps(out))
 """
@@ -120,6 +147,8 @@ def main() -> int:
         rows[src] = (kind, os.path.join(opts.site_dest, os.path.relpath(src, root)))
 
     print(f"dir\t-\t{dynload}")
+    for name in info["imported"]:
+        print(f"entry\t-\t{name}")
     for src, (kind, dst) in sorted(rows.items()):
         print(f"{kind}\t{src}\t{dst}")
     return 0

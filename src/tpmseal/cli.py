@@ -159,11 +159,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_test_unlock(args: argparse.Namespace) -> int:
     from tpmseal import errors
-    from tpmseal.inventory import test_unlock
+    from tpmseal.inventory import run_test_unlock
     from tpmseal.luks.volume import Volume
 
     volume = Volume(args.device)
-    results = test_unlock(volume, volume.header(), args.tpm2_device, _pin_source(args))
+    results = run_test_unlock(volume, volume.header(), args.tpm2_device, _pin_source(args))
     if args.json:
         _print_json({"device": volume.path, "results": [asdict(r) for r in results]})
     else:

@@ -31,7 +31,7 @@ def extend_pcr(tcti: str, index: int, data: bytes) -> None:
 def run_demo(keep: bool = False) -> int:
     from tpmseal.enroll import enroll_tpm
     from tpmseal.errors import PolicyMismatch
-    from tpmseal.inventory import report, test_unlock
+    from tpmseal.inventory import report, run_test_unlock
     from tpmseal.luks.volume import Volume
     from tpmseal.tpm.pcrs import parse_pcrs
 
@@ -94,12 +94,12 @@ def run_demo(keep: bool = False) -> int:
             print(f"token {t.token}: {t.type}, PCRs {t.pcrs}, policy satisfied: {t.policy_satisfied}")
 
         _step("tpmseal test-unlock")
-        for res in test_unlock(volume, volume.header(), tcti):
+        for res in run_test_unlock(volume, volume.header(), tcti):
             print(f"token {res.token}: {'ok' if res.ok else res.error}")
 
         _step("the boot chain changes: PCR 7 is extended again")
         extend_pcr(tcti, 7, b"someone changed the Secure Boot state")
-        for res in test_unlock(volume, volume.header(), tcti):
+        for res in run_test_unlock(volume, volume.header(), tcti):
             print(f"token {res.token}: {'ok' if res.ok else 'refused: ' + (res.error or '')}")
             if res.ok:
                 raise PolicyMismatch("demo failed: the TPM unsealed after PCR 7 changed")

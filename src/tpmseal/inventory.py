@@ -167,7 +167,7 @@ class UnlockResult:
     error_kind: str | None = None
 
 
-def test_unlock(
+def run_test_unlock(
     volume: Volume,
     header: Header,
     tpm_device: str,

@@ -13,9 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -26,6 +27,37 @@ pytestmark = pytest.mark.tpm
 
 TOOLS = ("swtpm", "swtpm_setup", "tpm2_getrandom", "tpm2_pcrread", "tpm2_pcrextend")
 SRC_DIR = Path(tpmproxy_module.__file__).resolve().parents[2]
+TIMEOUT = 10.0  # seconds; a broken proxy makes clients wait forever, tests must fail instead
+
+T = TypeVar("T")
+
+
+def _within(fn: Callable[[], T], timeout: float = TIMEOUT) -> T:
+    """Run fn (an in-process TPM client, which would block forever on a dead proxy) with a deadline."""
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"TPM client did not finish within {timeout} s")
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    s.connect(str(path))
+    return s
 
 
 def _need_tools() -> None:
@@ -108,7 +140,7 @@ def _tools_env(sock: Path) -> dict[str, str]:
 
 
 def _tool(sock: Path, *argv: str) -> str:
-    r = subprocess.run(list(argv), env=_tools_env(sock), capture_output=True, text=True, timeout=30)
+    r = subprocess.run(list(argv), env=_tools_env(sock), capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, f"{argv} failed: {r.stderr}"
     return r.stdout
 
@@ -178,9 +210,12 @@ def test_pcr_extend_through_proxy_reaches_the_target_tpm(proxy: TpmProxy, swtpm:
 def test_esapi_get_random_is_counted_once_per_call(proxy: TpmProxy) -> None:
     from tpm2_pytss import ESAPI
 
-    with ESAPI(f"swtpm:path={proxy.listen_sock}") as esapi:
-        proxy.reset()
-        got = [bytes(esapi.get_random(8)) for _ in range(3)]
+    def session() -> list[bytes]:
+        with ESAPI(f"swtpm:path={proxy.listen_sock}") as esapi:
+            proxy.reset()
+            return [bytes(esapi.get_random(8)) for _ in range(3)]
+
+    got = _within(session)
     assert proxy.names() == ["GetRandom"] * 3
     assert proxy.count() == 3
     assert [c.response[-8:] for c in proxy.commands if c.response] == got
@@ -189,8 +224,7 @@ def test_esapi_get_random_is_counted_once_per_call(proxy: TpmProxy) -> None:
 def test_several_commands_on_one_connection_are_paired_with_their_responses(
     proxy: TpmProxy,
 ) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(proxy.listen_sock))
+    with _connect(proxy.listen_sock) as s:
         responses = [_exchange(s, _get_random_frame(n)) for n in (4, 8, 12)]
     assert proxy.connections() == 1
     assert proxy.names() == ["GetRandom"] * 3
@@ -200,8 +234,7 @@ def test_several_commands_on_one_connection_are_paired_with_their_responses(
 
 def test_command_split_into_single_bytes_is_reassembled_into_one_frame(proxy: TpmProxy) -> None:
     frame = _get_random_frame(16)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(proxy.listen_sock))
+    with _connect(proxy.listen_sock) as s:
         for i in range(len(frame) - 1):
             s.sendall(frame[i : i + 1])
             time.sleep(0.005)
@@ -212,8 +245,7 @@ def test_command_split_into_single_bytes_is_reassembled_into_one_frame(proxy: Tp
 
 
 def test_unknown_command_code_is_named_in_hex_and_keeps_the_tpm_error(proxy: TpmProxy) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(proxy.listen_sock))
+    with _connect(proxy.listen_sock) as s:
         response = _exchange(s, struct.pack(">HII", 0x8001, 10, 0x0FFF))
     rc = struct.unpack_from(">I", response, 6)[0]
     assert rc != 0
@@ -244,8 +276,11 @@ def test_command_name_table_agrees_with_tpm2_pytss() -> None:
 def test_raw_bytes_hold_the_random_bytes_the_tpm_returned(proxy: TpmProxy) -> None:
     from tpm2_pytss import ESAPI
 
-    with ESAPI(f"swtpm:path={proxy.listen_sock}") as esapi:
-        secret = bytes(esapi.get_random(32))
+    def session() -> bytes:
+        with ESAPI(f"swtpm:path={proxy.listen_sock}") as esapi:
+            return bytes(esapi.get_random(32))
+
+    secret = _within(session)
     raw = proxy.raw_bytes()
     assert secret in raw
     assert secret in proxy.raw_bytes("data")
@@ -283,7 +318,7 @@ def test_concurrent_clients_are_all_served_and_counted(proxy: TpmProxy) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=3 * TIMEOUT)
     assert failures == []
     assert len(results) == n
     assert proxy.count("GetRandom") == n
@@ -297,15 +332,14 @@ def test_concurrent_raw_connections_each_get_their_own_responses(proxy: TpmProxy
     per_client: dict[int, list[bytes]] = {}
 
     def client(k: int) -> None:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(proxy.listen_sock))
+        with _connect(proxy.listen_sock) as s:
             per_client[k] = [_exchange(s, _get_random_frame(k + 1)) for _ in range(3)]
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(5)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=3 * TIMEOUT)
     assert sorted(per_client) == list(range(5))
     for k, responses in per_client.items():
         assert all(len(r) == 12 + k + 1 for r in responses)
@@ -339,8 +373,7 @@ def test_client_killed_mid_frame_does_not_stop_the_proxy(proxy: TpmProxy) -> Non
 def test_client_gone_before_the_response_leaves_the_command_unanswered(proxy: TpmProxy) -> None:
     seen = threading.Event()
     proxy.on_command = lambda cmd: seen.set()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(proxy.listen_sock))
+    with _connect(proxy.listen_sock) as s:
         s.sendall(_get_random_frame(8))
         s.shutdown(socket.SHUT_RDWR)
     assert seen.wait(5)
@@ -352,11 +385,9 @@ def test_client_gone_before_the_response_leaves_the_command_unanswered(proxy: Tp
 
 
 def test_garbage_on_the_data_socket_is_forwarded_and_reported_not_counted(proxy: TpmProxy) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(proxy.listen_sock))
+    with _connect(proxy.listen_sock) as s:
         s.sendall(b"\x80\x01\xff\xff\xff\xff\x00\x00\x01\x7b")  # size 4 GiB
         s.shutdown(socket.SHUT_WR)
-        s.settimeout(5)
         while s.recv(4096):
             pass
     assert proxy.count() == 0
@@ -366,9 +397,7 @@ def test_garbage_on_the_data_socket_is_forwarded_and_reported_not_counted(proxy:
 
 def test_unreachable_target_drops_the_client_and_keeps_listening(tmp_path: Path) -> None:
     with TpmProxy(tmp_path / "nothing", tmp_path / "proxy") as p:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(p.listen_sock))
-            s.settimeout(5)
+        with _connect(p.listen_sock) as s:
             assert s.recv(10) == b""
         assert any("cannot reach" in e for e in p.errors)
         assert p.listen_sock.exists()
@@ -385,13 +414,11 @@ def test_stop_removes_both_sockets_and_is_idempotent(swtpm: Swtpm) -> None:
 
 
 def test_stop_cuts_a_client_that_keeps_its_connection_open(proxy: TpmProxy) -> None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(proxy.listen_sock))
+    s = _connect(proxy.listen_sock)
     _exchange(s, _get_random_frame(4))
     t0 = time.monotonic()
     proxy.stop()
     assert time.monotonic() - t0 < 5
-    s.settimeout(5)
     assert s.recv(10) == b""
     s.close()
 

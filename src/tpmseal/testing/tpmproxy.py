@@ -231,7 +231,7 @@ class _Connection:
             # Pass the end of stream on (a half-close), so the other side sees EOF as it would
             # without the proxy; the other pump ends when that side closes in turn.
             with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
+                pass
             if direction == "response":
                 # The server is gone: nothing more can travel either way.
                 with contextlib.suppress(OSError):
@@ -402,7 +402,6 @@ class TpmProxy:
                     self._connections[channel] += 1
                     self._live.add(conn)
                 conn.start(target)
-                return
 
     # ---------------------------------------------------------------- recording (proxy threads)
 

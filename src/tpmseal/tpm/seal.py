@@ -110,13 +110,15 @@ def unseal(
         TSS2_Exception,
     )
 
-    try:
-        priv, _ = TPM2B_PRIVATE.unmarshal(sealed.private)
-        pub, _ = TPM2B_PUBLIC.unmarshal(sealed.public)
-    except (TSS2_Exception, ValueError) as e:
-        from tpmseal.errors import TokenCorrupt
+    from tpmseal.errors import TokenCorrupt
 
+    try:
+        priv, used_priv = TPM2B_PRIVATE.unmarshal(sealed.private)
+        pub, used_pub = TPM2B_PUBLIC.unmarshal(sealed.public)
+    except (TSS2_Exception, ValueError) as e:
         raise TokenCorrupt(f"the sealed object cannot be decoded: {e}") from None
+    if used_priv != len(sealed.private) or used_pub != len(sealed.public) or not priv.size or not pub.size:
+        raise TokenCorrupt("the sealed object cannot be decoded: wrong length")
     obj = ESYS_TR.NONE
     session = ESYS_TR.NONE
     try:

@@ -44,13 +44,13 @@ check_volume() {
     fi
     say "UNLOCKED $n uptime=$(uptime_s)"
     marker="tpmsealprobe-$n-$(now_ns)"
-    printf '%s' "$marker" | dd of="$dev" bs=512 seek=8 conv=sync,fsync 2> /dev/null
+    err=$(printf '%s' "$marker" | dd of="$dev" bs=4096 seek=2 conv=sync,fsync 2>&1) || say "dd write: $err"
     echo 3 > /proc/sys/vm/drop_caches
-    back=$(dd if="$dev" bs=512 skip=8 count=1 iflag=direct 2> /dev/null | tr -d '\000')
+    back=$(dd if="$dev" bs=4096 skip=2 count=1 iflag=direct 2>/tmp/tpmsealprobe.dd | tr -d '\000')
     if [ "$back" = "$marker" ]; then
         say "RW_OK $n"
     else
-        say "RW_FAIL $n wrote=$marker read=$back"
+        say "RW_FAIL $n wrote=$marker read=$back dd: $(cat /tmp/tpmsealprobe.dd)"
     fi
 }
 
