@@ -109,6 +109,10 @@ class PinRejected(TpmError):
         self.tries_left = tries_left
 
 
+class PinRequired(UsageError):
+    default_hint = "this token needs its PIN: type it, or give it on stdin"
+
+
 class TpmLockout(TpmError):
     exit_code = ExitCode.PIN
     default_hint = (

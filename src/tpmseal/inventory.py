@@ -17,7 +17,7 @@ from tpmseal.luks.tokens import (
     pending_keyslot,
 )
 from tpmseal.luks.volume import Header, Token, Volume
-from tpmseal.unlock import PinSource, changed_pcrs, keyslot_passphrase, read_pcrs, unseal_token
+from tpmseal.unlock import PinSource, changed_pcrs, read_pcrs, token_openers
 
 TPM_TYPES = (NATIVE_TYPE, "systemd-tpm2")
 
@@ -174,41 +174,35 @@ def run_test_unlock(
     pin: PinSource | None = None,
     only: Callable[[Token], bool] | None = None,
 ) -> list[UnlockResult]:
-    """Unseal every native TPM token and test its key against its keyslot(s). Maps nothing."""
+    """Unseal every TPM token tpmseal can open and test its key against its keyslot(s). Maps nothing."""
     from tpmseal.tpm.device import open_tpm
 
-    results: list[UnlockResult] = []
-    candidates = [t for t in sorted(header.tokens.values(), key=lambda t: t.id) if t.type == NATIVE_TYPE]
+    openers = token_openers()
+    candidates = [t for t in sorted(header.tokens.values(), key=lambda t: t.id) if t.type in openers]
     if only is not None:
         candidates = [t for t in candidates if only(t)]
     if not candidates:
-        return results
+        return []
+    results: list[UnlockResult] = []
     try:
-        ctx = open_tpm(tpm_device)
-        esapi = ctx.__enter__()
-    except TpmsealError as e:
-        return [
-            UnlockResult(t.id, t.type, list(t.keyslots), False, e.message, type(e).__name__)
-            for t in candidates
-        ]
-    try:
-        for t in candidates:
-            r = UnlockResult(t.id, t.type, list(t.keyslots), False)
-            try:
-                nt = parse_native(t.data)
-                if not nt.keyslots:
-                    raise _no_keyslot(t.id)
-                with unseal_token(esapi, nt, pin) as raw, keyslot_passphrase(raw) as phrase:
-                    r.ok = all(volume.test_key(phrase.buffer, ks) for ks in nt.keyslots)
+        with open_tpm(tpm_device) as esapi:
+            for t in candidates:
+                r = UnlockResult(t.id, t.type, list(t.keyslots), False)
+                try:
+                    if not t.keyslots:
+                        raise TpmsealError(f"token {t.id} is not bound to any keyslot")
+                    with openers[t.type](esapi, t.data, pin) as phrase:
+                        r.ok = all(volume.test_key(phrase.buffer, ks) for ks in t.keyslots)
                     if not r.ok:
                         r.error, r.error_kind = "the unsealed key does not open its keyslot", "KeyMismatch"
-            except TpmsealError as e:
-                r.error, r.error_kind = e.message, type(e).__name__
-            results.append(r)
-    finally:
-        ctx.__exit__(None, None, None)
+                except TpmsealError as e:
+                    r.error, r.error_kind = e.message, type(e).__name__
+                results.append(r)
+    except TpmsealError as e:  # the TPM could not be opened
+        done = {r.token for r in results}
+        results += [
+            UnlockResult(t.id, t.type, list(t.keyslots), False, e.message, type(e).__name__)
+            for t in candidates
+            if t.id not in done
+        ]
     return results
-
-
-def _no_keyslot(token_id: int) -> TpmsealError:
-    return TpmsealError(f"token {token_id} is not bound to any keyslot")

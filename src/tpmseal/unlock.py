@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tpmseal.errors import PolicyMismatch, TokenCorrupt
-from tpmseal.luks.tokens import NativeToken, Seal
+from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt
+from tpmseal.luks.tokens import NATIVE_TYPE, NativeToken, Seal, parse_native
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import PcrSelection
 from tpmseal.tpm.seal import pin_auth, unseal
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from tpm2_pytss import ESAPI
 
 PinSource = Callable[[], bytearray]
+# Opens one token type: (ESAPI, the token's JSON object, PIN source) -> the keyslot passphrase.
+TokenOpener = Callable[["ESAPI", dict[str, Any], PinSource | None], Secret]
 
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -94,10 +96,12 @@ def unseal_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None)
         seal = candidates[0]
         auth = None
         if seal.pin:
+            # check the PCRs before asking a person for the PIN (and before risking a lockout try)
+            now = read_pcrs(esapi, seal.pcrs) if seal.pcrs.pcrs else {}
+            if changed_pcrs(seal, now):
+                raise _mismatch(seal, now)
             if pin is None or seal.pin_salt is None:
-                from tpmseal.errors import UsageError
-
-                raise UsageError("this token needs a PIN", "give it with --tpm2-with-pin or on stdin")
+                raise PinRequired("this token needs a PIN")
             pin_text = pin()
             try:
                 auth = pin_auth(pin_text, seal.pin_salt)
@@ -118,3 +122,13 @@ def _mismatch(seal: Seal, current: dict[int, bytes]) -> PolicyMismatch:
     changed = changed_pcrs(seal, current)
     which = ", ".join(str(i) for i in changed) or "none visible"
     return PolicyMismatch(f"the TPM refused to unseal: PCR(s) {which} differ from the sealed state")
+
+
+def open_native(esapi: ESAPI, data: dict[str, Any], pin: PinSource | None) -> Secret:
+    with unseal_token(esapi, parse_native(data), pin) as raw:
+        return keyslot_passphrase(raw)
+
+
+def token_openers() -> dict[str, TokenOpener]:
+    """Every token type whose keyslot passphrase tpmseal can recover with the TPM."""
+    return {NATIVE_TYPE: open_native}

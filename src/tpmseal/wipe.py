@@ -7,7 +7,15 @@ import logging
 from dataclasses import dataclass
 
 from tpmseal.errors import Refused, UsageError
-from tpmseal.inventory import ORPHAN, PASSPHRASE, RECOVERY, TPM2, keyslot_kind, orphan_keyslots, run_test_unlock
+from tpmseal.inventory import (
+    ORPHAN,
+    PASSPHRASE,
+    RECOVERY,
+    TPM2,
+    keyslot_kind,
+    orphan_keyslots,
+    run_test_unlock,
+)
 from tpmseal.luks.tokens import PENDING_TYPE, pending_keyslot
 from tpmseal.luks.volume import LUKS2_KEYSLOTS, Header, Volume
 
@@ -64,8 +72,10 @@ def working_keyslots(
     working = {k for k in candidates if keyslot_kind(header, k, orphans) in (PASSPHRASE, RECOVERY)}
     tpm_slots = {k for k in candidates if keyslot_kind(header, k, orphans) == TPM2}
     if tpm_slots and tpm_device is not None:
-        for r in run_test_unlock(volume, header, tpm_device, only=lambda t: bool(set(t.keyslots) & tpm_slots)):
-            if r.ok or r.error_kind == "UsageError":  # UsageError: the token needs a PIN
+        for r in run_test_unlock(
+            volume, header, tpm_device, only=lambda t: bool(set(t.keyslots) & tpm_slots)
+        ):
+            if r.ok or r.error_kind == "PinRequired":  # its PCR policy held; we cannot ask for the PIN
                 working |= set(r.keyslots) & tpm_slots
     return working
 

@@ -18,7 +18,7 @@ from tpmseal.luks.tokens import pending_marker
 from tpmseal.luks.volume import Volume
 from tpmseal.testing.tpmproxy import TpmProxy
 from tpmseal.tpm.device import open_tpm
-from tpmseal.unlock import keyslot_passphrase, unseal_token
+from tpmseal.unlock import unseal_token
 
 pytestmark = pytest.mark.tpm
 

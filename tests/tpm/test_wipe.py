@@ -102,3 +102,14 @@ def test_enroll_wipe_all_keeps_the_new_slot(image: Image, swtpm: Swtpm) -> None:
     run_cli("enroll", image.dev, "--recovery-key", "--unlock-key-file", str(image.keyfile))
     r = enroll(image, swtpm, "--wipe-slot=all")
     assert sorted(r["wiped_keyslots"]) == [0, 1] and keyslots(image) == [r["keyslot"]]
+
+
+def test_pin_token_counts_as_working_only_while_its_pcrs_hold(image: Image, swtpm: Swtpm) -> None:
+    swtpm.clear_lockout()
+    run_cli("enroll", image.dev, f"--tpm2-device={swtpm.tcti}", "--tpm2-with-pin", "--unlock-key-file",
+            str(image.keyfile), stdin=b"2468\n")  # fmt: skip
+    swtpm.extend(7, b"pcr 7 moved under a PIN token")
+    wipe(image, swtpm, "password", check=8)
+    p = run_cli("test-unlock", image.dev, f"--tpm2-device={swtpm.tcti}", check=5)
+    assert "PCR(s) 7 differ" in p.stdout  # and no PIN was asked for (stdin is empty)
+    assert keyslots(image) == [0, 1]
