@@ -25,7 +25,8 @@
 # initramfs will not have it.
 TPMSEAL_PY_REQUIRE="tpmseal tpmseal.cli tpm2_pytss tpm2_pytss.ESAPI"
 TPMSEAL_PY_OPTIONAL="tpmseal.unlock tpmseal.tpm.device tpmseal.tpm.seal tpmseal.tpm.srk
-    tpmseal.luks.volume tpmseal.luks.tokens tpmseal.boot.agent tpmseal.boot.unlock"
+    tpmseal.luks.volume tpmseal.luks.tokens tpmseal.boot.agent tpmseal.boot.unlock
+    tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis"
 TPMSEAL_SITE=/usr/lib/tpmseal/site
 
 check() {
@@ -127,6 +128,9 @@ install() {
         done
         if [[ -e $moddir/tpmseal-askpass.path ]]; then
             $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target tpmseal-askpass.path
+            # start the agent early too, so its imports are done before the first request;
+            # nothing is ordered after it, so it never delays boot
+            $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target tpmseal-askpass.service
         fi
     elif [[ -e $moddir/tpmseal-unlock.sh ]]; then
         inst_hook initqueue/settled 40 "$moddir/tpmseal-unlock.sh"

@@ -91,9 +91,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             return 0
         pin = ask_new_pin() if args.tpm2_with_pin else None
         try:
-            result = enroll_tpm(
-                volume, key, args.tpm2_device, selection, pin, args.replace, wipe_spec, args.force
-            )
+            result = enroll_tpm(volume, key, args.tpm2_device, selection, pin, args.replace, wipe_spec, args.force)
         finally:
             if pin is not None:
                 pin.close()
@@ -198,6 +196,37 @@ def cmd_wipe_slot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from tpmseal import errors
+    from tpmseal.boot.unlock import unlock
+    from tpmseal.luks.volume import Volume
+
+    volume = Volume(args.device)
+    name = args.name or f"luks-{volume.uuid()}"
+    outcome = unlock(volume, name, args.tpm2_device, None if args.headless else _pin_source(args))
+    print(f"tpmseal: {outcome.summary()}", file=sys.stderr)
+    if outcome.found is not None and not args.json:
+        print(f"/dev/mapper/{name}")
+    if args.json:
+        _print_json({
+            "device": volume.path, "name": name, "unlocked": outcome.found is not None,
+            "token": outcome.found.token if outcome.found else None,
+            "attempts": [asdict(a) for a in outcome.attempts],
+        })  # fmt: skip
+    if outcome.found is not None:
+        return 0
+    if not outcome.attempts:
+        raise TpmsealError(f"{volume.path} has no TPM token", "enroll one with 'tpmseal enroll'")
+    cls = getattr(errors, outcome.attempts[0].error_kind or "", None)
+    return int(cls.exit_code if isinstance(cls, type) and issubclass(cls, TpmsealError) else ExitCode.FAILURE)
+
+
+def cmd_askpass_agent(args: argparse.Namespace) -> int:
+    from tpmseal.boot.agent import serve
+
+    return serve(args.tpm2_device, args.ask_dir, args.timeout, args.idle_exit)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tpmseal.demo import run_demo
 
@@ -280,6 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--force", action="store_true", help="allow wiping the last working keyslot")
     as_json(w)
     w.set_defaults(func=cmd_wipe_slot)
+
+    u = sub.add_parser("unlock", help="unseal a volume's key and map it (/dev/mapper/NAME)")
+    device(u)
+    u.add_argument("name", metavar="NAME", nargs="?", help="mapping name (default luks-UUID)")
+    tpm(u)
+    u.add_argument("--headless", action="store_true", help="never ask for a PIN; skip PIN tokens")
+    as_json(u)
+    u.set_defaults(func=cmd_unlock)
+
+    a = sub.add_parser("askpass-agent", help="answer disk passphrase requests from the TPM (initramfs)")
+    tpm(a)
+    a.add_argument("--ask-dir", default="/run/systemd/ask-password", metavar="DIR", help="where requests appear")
+    a.add_argument("--timeout", type=float, default=30.0, metavar="SEC", help="time limit per request")
+    a.add_argument(
+        "--idle-exit", type=float, default=None, metavar="SEC", help="exit after SEC idle (default: run until stopped)"
+    )
+    a.set_defaults(func=cmd_askpass_agent)
 
     d = sub.add_parser("demo", help="run the whole job on a private swtpm and a LUKS2 image file")
     d.add_argument("--keep", action="store_true", help="keep the temporary directory")

@@ -124,8 +124,7 @@ class TpmLockout(TpmError):
 class WrongTpm(TpmError):
     exit_code = ExitCode.WRONG_TPM
     default_hint = (
-        "this token was sealed by another TPM, or the TPM was cleared; unlock with a passphrase and "
-        "enroll again"
+        "this token was sealed by another TPM, or the TPM was cleared; unlock with a passphrase and enroll again"
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tpmseal.errors import TpmsealError
+from tpmseal.interop import FOREIGN_TPM_TYPES, describe
 from tpmseal.luks.tokens import (
     NATIVE_TYPE,
     PENDING_TYPE,
@@ -131,6 +132,12 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
                 info.seals = len(nt.seals)
                 info.created = nt.created
                 natives.append((info, nt))
+        elif t.type in FOREIGN_TPM_TYPES:
+            try:
+                sel, info.pin = describe(t.type, t.data)
+                info.pcrs, info.pcr_bank = sel.format(), sel.bank
+            except TpmsealError as e:
+                info.error = e.message
         tokens.append(info)
     tpm_error = None
     if natives and tpm_device is not None:

@@ -47,9 +47,7 @@ def volume_lock(path: str, timeout: float = 30.0) -> Iterator[None]:
                 break
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    raise VolumeBusy(
-                        f"{path} is busy (locked by another tpmseal for {timeout:.0f}s)"
-                    ) from None
+                    raise VolumeBusy(f"{path} is busy (locked by another tpmseal for {timeout:.0f}s)") from None
                 time.sleep(0.05)
         yield
     finally:

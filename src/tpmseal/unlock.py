@@ -34,11 +34,7 @@ def keyslot_passphrase(raw: Secret) -> Secret:
     o = 0
     for i in range(0, len(src), 3):
         chunk = src[i : i + 3]
-        n = (
-            (chunk[0] << 16)
-            | ((chunk[1] if len(chunk) > 1 else 0) << 8)
-            | (chunk[2] if len(chunk) > 2 else 0)
-        )
+        n = (chunk[0] << 16) | ((chunk[1] if len(chunk) > 1 else 0) << 8) | (chunk[2] if len(chunk) > 2 else 0)
         out[o] = _B64[(n >> 18) & 63]
         out[o + 1] = _B64[(n >> 12) & 63]
         out[o + 2] = _B64[(n >> 6) & 63] if len(chunk) > 1 else 61
@@ -56,11 +52,7 @@ def read_pcrs(esapi: ESAPI, selection: PcrSelection) -> dict[int, bytes]:
     while pending:
         spec = f"{selection.bank}:" + ",".join(str(i) for i in pending)
         _, sel, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(spec))
-        got = (
-            [i for i in pending if sel.pcrSelections[0].pcrSelect[i // 8] & (1 << (i % 8))]
-            if sel.count
-            else []
-        )
+        got = [i for i in pending if sel.pcrSelections[0].pcrSelect[i // 8] & (1 << (i % 8))] if sel.count else []
         if not got:
             break
         for i, d in zip(got, digests, strict=False):
@@ -131,4 +123,8 @@ def open_native(esapi: ESAPI, data: dict[str, Any], pin: PinSource | None) -> Se
 
 def token_openers() -> dict[str, TokenOpener]:
     """Every token type whose keyslot passphrase tpmseal can recover with the TPM."""
-    return {NATIVE_TYPE: open_native}
+    from tpmseal.interop.clevis import open_clevis
+    from tpmseal.interop.systemd_tpm2 import open_systemd_tpm2
+    from tpmseal.luks.tokens import CLEVIS_TYPE, SYSTEMD_TPM2_TYPE
+
+    return {NATIVE_TYPE: open_native, SYSTEMD_TPM2_TYPE: open_systemd_tpm2, CLEVIS_TYPE: open_clevis}

@@ -63,18 +63,14 @@ def select(volume: Volume, header: Header, spec: WipeSpec, keep: frozenset[int] 
     return sorted(chosen - keep)
 
 
-def working_keyslots(
-    volume: Volume, header: Header, candidates: set[int], tpm_device: str | None
-) -> set[int]:
+def working_keyslots(volume: Volume, header: Header, candidates: set[int], tpm_device: str | None) -> set[int]:
     """Which of ``candidates`` are a way in: passphrase/recovery keyslots, and TPM keyslots whose token
     test-unlocks now (a PIN token counts when its PCR policy holds, as we cannot ask for the PIN)."""
     orphans = orphan_keyslots(header)
     working = {k for k in candidates if keyslot_kind(header, k, orphans) in (PASSPHRASE, RECOVERY)}
     tpm_slots = {k for k in candidates if keyslot_kind(header, k, orphans) == TPM2}
     if tpm_slots and tpm_device is not None:
-        for r in run_test_unlock(
-            volume, header, tpm_device, only=lambda t: bool(set(t.keyslots) & tpm_slots)
-        ):
+        for r in run_test_unlock(volume, header, tpm_device, only=lambda t: bool(set(t.keyslots) & tpm_slots)):
             if r.ok or r.error_kind == "PinRequired":  # its PCR policy held; we cannot ask for the PIN
                 working |= set(r.keyslots) & tpm_slots
     return working

@@ -156,8 +156,7 @@ def parse_native(data: Any) -> NativeToken:
     version = data.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version != TOKEN_VERSION:
         raise TokenUnsupported(
-            f"{NATIVE_TYPE} token version {version} is not supported (this tpmseal reads version "
-            f"{TOKEN_VERSION})"
+            f"{NATIVE_TYPE} token version {version} is not supported (this tpmseal reads version {TOKEN_VERSION})"
         )
     d = _obj(data, "token", TOP_KEYS, TOP_KEYS - {"luks_uuid"})
     _int(d["version"], "version")

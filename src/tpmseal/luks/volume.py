@@ -62,8 +62,7 @@ def parse_header(metadata: dict[str, Any]) -> Header:
     """The parts of LUKS2 JSON metadata tpmseal uses."""
     try:
         keyslots = {
-            int(k): Keyslot(int(k), str(v.get("kdf", {}).get("type", "?")))
-            for k, v in metadata["keyslots"].items()
+            int(k): Keyslot(int(k), str(v.get("kdf", {}).get("type", "?"))) for k, v in metadata["keyslots"].items()
         }
         tokens = {
             int(k): Token(int(k), str(v["type"]), tuple(int(s) for s in v.get("keyslots", [])), v)
@@ -84,9 +83,7 @@ class Volume:
         try:
             st = os.stat(self.path)
         except OSError as e:
-            raise VolumeError(
-                f"{self.path}: {e.strerror}", "give a block device or a LUKS2 image file"
-            ) from None
+            raise VolumeError(f"{self.path}: {e.strerror}", "give a block device or a LUKS2 image file") from None
         if not (stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise VolumeError(f"{self.path} is not a block device or an image file")
 
@@ -136,6 +133,13 @@ class Volume:
             stdin=existing,
             secrets=[new],
         )  # fmt: skip
+
+    def activate(self, name: str, key: bytes | bytearray, keyslot: int | None = None) -> None:
+        """Map the volume as /dev/mapper/NAME with ``key`` (on stdin); needs device-mapper."""
+        argv = [CRYPTSETUP, "open", "--type", "luks2", "--key-file", "-"]
+        if keyslot is not None:
+            argv += ["--key-slot", str(keyslot)]
+        run([*argv, self.path, name], stdin=key)
 
     def kill_keyslot(self, keyslot: int) -> None:
         """Destroy a keyslot. cryptsetup also drops it from every token's keyslots list."""

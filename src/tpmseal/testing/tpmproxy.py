@@ -37,138 +37,29 @@ import select
 import signal
 import socket
 import stat
-import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TextIO
+from typing import Any, Self, TextIO
 
-from tpmseal.testing._tpmcc import command_name, ctrl_name
+from tpmseal.testing.tpmframes import (
+    HEADER,
+    Channel,
+    CtrlMessage,
+    Direction,
+    FrameSplitter,
+    TpmCommand,
+    Traffic,
+    command_name,
+)
 
 __all__ = ["CtrlMessage", "TpmCommand", "TpmProxy", "Traffic", "command_name", "main", "read_log"]
 
-HEADER = struct.Struct(">HII")  # tag, size, command code / response code
-# A frame larger than this is taken as a broken stream rather than a TPM command (swtpm's own
-# limit is 4 KiB); parsing of that connection stops, forwarding goes on.
-MAX_FRAME = 1 << 20
 _RECV = 65536
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-
-Channel = Literal["data", "ctrl"]
-Direction = Literal["command", "response"]
-
-
-@dataclass(slots=True)
-class TpmCommand:
-    """One TPM command seen on a data connection, and its response once it has passed."""
-
-    index: int  # position in the proxy's record since the last reset
-    connection: int  # connection number (data and ctrl connections share one counter)
-    code: int
-    name: str
-    tag: int
-    command: bytes  # the whole frame, header included
-    command_time: float  # time.time() when the last byte of the command arrived
-    response: bytes | None = None  # None if the connection ended before a whole response
-    response_code: int | None = None
-    response_tag: int | None = None
-    response_time: float | None = None
-    latency: float | None = None  # seconds from the command's last byte to the response's last byte
-    command_perf: float = field(default=0.0, repr=False, compare=False)  # time.perf_counter()
-
-    @property
-    def command_size(self) -> int:
-        return len(self.command)
-
-    @property
-    def response_size(self) -> int | None:
-        return None if self.response is None else len(self.response)
-
-    @property
-    def ok(self) -> bool:
-        return self.response_code == 0
-
-    def as_json(self, *, with_bytes: bool = False) -> dict[str, Any]:
-        """A JSON-ready dict; raw bytes (hex) only if asked, as they may hold secrets."""
-        out: dict[str, Any] = {
-            "index": self.index,
-            "connection": self.connection,
-            "cc": f"0x{self.code:08x}",
-            "name": self.name,
-            "command_size": self.command_size,
-            "response_size": self.response_size,
-            "rc": None if self.response_code is None else f"0x{self.response_code:08x}",
-            "time": self.command_time,
-            "latency_ms": None if self.latency is None else round(self.latency * 1000.0, 3),
-        }
-        if with_bytes:
-            out["command_hex"] = self.command.hex()
-            out["response_hex"] = None if self.response is None else self.response.hex()
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class CtrlMessage:
-    """One read from a control connection (swtpm CMD_* messages are small: one read is one message)."""
-
-    connection: int
-    direction: Direction
-    time: float
-    data: bytes
-
-    @property
-    def name(self) -> str | None:
-        """For a client's message, the control command's name; None for answers and short reads."""
-        if self.direction != "command" or len(self.data) < 4:
-            return None
-        return ctrl_name(int.from_bytes(self.data[:4], "big"))
-
-
-@dataclass(frozen=True, slots=True)
-class Traffic:
-    """A chunk of bytes as read from one side of a connection."""
-
-    channel: Channel
-    connection: int
-    direction: Direction
-    time: float
-    data: bytes
-
-
-class _FrameSplitter:
-    """Cuts a byte stream into TPM frames by the size field of their header."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self.broken: str | None = None  # why parsing stopped, if it did
-        self.reported = False
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> tuple[list[bytes], bytes]:
-        """Whole frames completed by ``data``, and bytes to pass on unframed once the stream is broken."""
-        if self.broken is not None:
-            return [], data
-        self._buf += data
-        frames: list[bytes] = []
-        while len(self._buf) >= HEADER.size:
-            _tag, size, _code = HEADER.unpack_from(self._buf)
-            if size < HEADER.size or size > MAX_FRAME:
-                self.broken = f"frame size {size} out of range"
-                rest = bytes(self._buf)
-                self._buf.clear()
-                return frames, rest
-            if len(self._buf) < size:
-                break
-            frames.append(bytes(self._buf[:size]))
-            del self._buf[:size]
-        return frames, b""
 
 
 class _Connection:
@@ -180,8 +71,8 @@ class _Connection:
         self.channel = channel
         self.client = client
         self.upstream: socket.socket | None = None
-        self.commands = _FrameSplitter()
-        self.responses = _FrameSplitter()
+        self.commands = FrameSplitter()
+        self.responses = FrameSplitter()
         self.waiting: collections.deque[TpmCommand] = collections.deque()
         self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -231,7 +122,7 @@ class _Connection:
             # Pass the end of stream on (a half-close), so the other side sees EOF as it would
             # without the proxy; the other pump ends when that side closes in turn.
             with contextlib.suppress(OSError):
-                pass
+                dst.shutdown(socket.SHUT_WR)
             if direction == "response":
                 # The server is gone: nothing more can travel either way.
                 with contextlib.suppress(OSError):
@@ -457,7 +348,7 @@ class TpmProxy:
         self._announce(finished)
         return forward
 
-    def _check_broken(self, conn: _Connection, splitter: _FrameSplitter, what: str) -> None:
+    def _check_broken(self, conn: _Connection, splitter: FrameSplitter, what: str) -> None:
         # Called with self._lock held. Reports a broken stream once per connection and side.
         if splitter.broken is not None and not splitter.reported:
             self._errors.append(f"connection {conn.number}: {what} stream not framed: {splitter.broken}")

@@ -71,9 +71,7 @@ def seal(esapi: ESAPI, srk: Any, secret: Secret, policy: bytes, auth: Secret | N
     if auth is None:
         attrs |= TPMA_OBJECT.NODA  # no PIN: nothing to guess, keep out of dictionary-attack counting
     public = TPM2B_PUBLIC(
-        TPMT_PUBLIC(
-            type=TPM2_ALG.KEYEDHASH, nameAlg=TPM2_ALG.SHA256, objectAttributes=attrs, authPolicy=policy
-        )
+        TPMT_PUBLIC(type=TPM2_ALG.KEYEDHASH, nameAlg=TPM2_ALG.SHA256, objectAttributes=attrs, authPolicy=policy)
     )
     public.publicArea.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG.NULL
     sensitive = TPM2B_SENSITIVE_CREATE(
@@ -94,9 +92,7 @@ def seal(esapi: ESAPI, srk: Any, secret: Secret, policy: bytes, auth: Secret | N
     return SealedObject(bytes(private.marshal()), bytes(public_out.marshal()))
 
 
-def unseal(
-    esapi: ESAPI, srk: Any, sealed: SealedObject, selection: PcrSelection, auth: Secret | None
-) -> Secret:
+def unseal(esapi: ESAPI, srk: Any, sealed: SealedObject, selection: PcrSelection, auth: Secret | None) -> Secret:
     """Unseal under PolicyPCR (+PolicyAuthValue); raises PolicyMismatch, PinRejected, WrongTpm, …"""
     from tpm2_pytss import (
         ESYS_TR,
@@ -126,9 +122,7 @@ def unseal(
             obj = esapi.load(srk, priv, pub)
         except TSS2_Exception as e:
             if e.error in (TPM2_RC.INTEGRITY, TPM2_RC.HANDLE, TPM2_RC.BINDING, TPM2_RC.SIZE, TPM2_RC.VALUE):
-                raise WrongTpm(
-                    "this TPM cannot load the sealed key (another TPM, or the TPM was cleared)"
-                ) from None
+                raise WrongTpm("this TPM cannot load the sealed key (another TPM, or the TPM was cleared)") from None
             raise tpm_error(e, "loading the sealed key") from None
         session = esapi.start_auth_session(srk, ESYS_TR.NONE, TPM2_SE.POLICY, _symmetric(), TPM2_ALG.SHA256)
         esapi.trsess_set_attributes(session, TPMA_SESSION.ENCRYPT, 0xFF)
@@ -143,9 +137,7 @@ def unseal(
             session = ESYS_TR.NONE  # not continued: the TPM flushed it
         except TSS2_Exception as e:
             if e.error == TPM2_RC.POLICY_FAIL:
-                raise PolicyMismatch(
-                    "the TPM refused to unseal: the PCR values do not match the policy"
-                ) from None
+                raise PolicyMismatch("the TPM refused to unseal: the PCR values do not match the policy") from None
             if e.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
                 failed, maximum = lockout_status(esapi)
                 left = max(maximum - failed, 0)

@@ -71,9 +71,7 @@ def ensure_srk(esapi: ESAPI) -> tuple[Any, SrkRef]:
         transient = None
         for alg in ("ecc", "rsa"):
             try:
-                transient, _, _, _, _ = esapi.create_primary(
-                    TPM2B_SENSITIVE_CREATE(), _template(alg), ESYS_TR.OWNER
-                )
+                transient, _, _, _, _ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), _template(alg), ESYS_TR.OWNER)
                 break
             except TSS2_Exception as e:
                 if alg == "rsa":

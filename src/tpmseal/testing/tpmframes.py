@@ -1,7 +1,11 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Names of TPM 2.0 command codes (TPM 2.0 Library, Part 2, table "TPM_CC"), for logs and counts."""
+"""TPM frames as the proxy sees them: the header, command code names, and the records it keeps."""
 
 from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 COMMAND_NAMES: dict[int, str] = {
     0x0000011F: "NV_UndefineSpaceSpecial",
@@ -163,3 +167,121 @@ def command_name(code: int) -> str:
 def ctrl_name(code: int) -> str:
     """The swtpm control command name ("SET_LOCALITY"), or the code in hex."""
     return CTRL_NAMES.get(code, f"0x{code:08x}")
+
+
+HEADER = struct.Struct(">HII")  # tag, size, command code / response code
+# A frame larger than this is taken as a broken stream rather than a TPM command (swtpm's own
+# limit is 4 KiB); parsing of that connection stops, forwarding goes on.
+MAX_FRAME = 1 << 20
+
+Channel = Literal["data", "ctrl"]
+Direction = Literal["command", "response"]
+
+
+@dataclass(slots=True)
+class TpmCommand:
+    """One TPM command seen on a data connection, and its response once it has passed."""
+
+    index: int  # position in the proxy's record since the last reset
+    connection: int  # connection number (data and ctrl connections share one counter)
+    code: int
+    name: str
+    tag: int
+    command: bytes  # the whole frame, header included
+    command_time: float  # time.time() when the last byte of the command arrived
+    response: bytes | None = None  # None if the connection ended before a whole response
+    response_code: int | None = None
+    response_tag: int | None = None
+    response_time: float | None = None
+    latency: float | None = None  # seconds from the command's last byte to the response's last byte
+    command_perf: float = field(default=0.0, repr=False, compare=False)  # time.perf_counter()
+
+    @property
+    def command_size(self) -> int:
+        return len(self.command)
+
+    @property
+    def response_size(self) -> int | None:
+        return None if self.response is None else len(self.response)
+
+    @property
+    def ok(self) -> bool:
+        return self.response_code == 0
+
+    def as_json(self, *, with_bytes: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict; raw bytes (hex) only if asked, as they may hold secrets."""
+        out: dict[str, Any] = {
+            "index": self.index,
+            "connection": self.connection,
+            "cc": f"0x{self.code:08x}",
+            "name": self.name,
+            "command_size": self.command_size,
+            "response_size": self.response_size,
+            "rc": None if self.response_code is None else f"0x{self.response_code:08x}",
+            "time": self.command_time,
+            "latency_ms": None if self.latency is None else round(self.latency * 1000.0, 3),
+        }
+        if with_bytes:
+            out["command_hex"] = self.command.hex()
+            out["response_hex"] = None if self.response is None else self.response.hex()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class CtrlMessage:
+    """One read from a control connection (swtpm CMD_* messages are small: one read is one message)."""
+
+    connection: int
+    direction: Direction
+    time: float
+    data: bytes
+
+    @property
+    def name(self) -> str | None:
+        """For a client's message, the control command's name; None for answers and short reads."""
+        if self.direction != "command" or len(self.data) < 4:
+            return None
+        return ctrl_name(int.from_bytes(self.data[:4], "big"))
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """A chunk of bytes as read from one side of a connection."""
+
+    channel: Channel
+    connection: int
+    direction: Direction
+    time: float
+    data: bytes
+
+
+class FrameSplitter:
+    """Cuts a byte stream into TPM frames by the size field of their header."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.broken: str | None = None  # why parsing stopped, if it did
+        self.reported = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bytes]:
+        """Whole frames completed by ``data``, and bytes to pass on unframed once the stream is broken."""
+        if self.broken is not None:
+            return [], data
+        self._buf += data
+        frames: list[bytes] = []
+        while len(self._buf) >= HEADER.size:
+            _tag, size, _code = HEADER.unpack_from(self._buf)
+            if size < HEADER.size or size > MAX_FRAME:
+                self.broken = f"frame size {size} out of range"
+                rest = bytes(self._buf)
+                self._buf.clear()
+                return frames, rest
+            if len(self._buf) < size:
+                break
+            frames.append(bytes(self._buf[:size]))
+            del self._buf[:size]
+        return frames, b""

@@ -1,0 +1,181 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""tpmseal's boot path in a real VM: the dracut module unlocks from the vTPM, and when the TPM
+refuses (PCRs changed, no TPM) the normal passphrase prompt still works and boot never hangs.
+
+Enrollment happens on the host, against the same swtpm state the VM uses as its vTPM, with the
+literal PCR 7 value the VM's firmware produces (read once per session from a probe boot). This runs
+the real `tpmseal enroll` CLI on the host (the tool admins use), keeps the initramfs free of
+enrollment code, and costs one boot per session instead of one per test. SeaBIOS measures the
+same PCR 7 (only the separator, no Secure Boot) on every boot with this fixed qemu command line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import harness as h
+import pytest
+from test_boot_harness import assert_unlocked
+from vmdata import PASSPHRASE, PROBE_MODULE, PROJECT, TPMSEAL_MODULE, VOLUME_NAME, VOLUME_UUID
+
+pytestmark = pytest.mark.vm
+
+RunVm = Callable[..., h.BootResult]
+Measure = Callable[[str, object], None]
+
+SECOND_UUID = "7e5ea1ed-0000-4000-8000-00000000beef"
+SECOND_NAME = "tpmsealtwo"
+# the initramfs carries a keyfile crypttab for VOLUME_UUID: ignore it, name volumes on the command line
+SYSTEMD_ARGS = f"rd.luks.crypttab=no rd.luks.name={VOLUME_UUID}={VOLUME_NAME} root=/dev/mapper/{VOLUME_NAME}"
+PROMPT = r"Please enter passphrase for disk"
+
+
+@pytest.fixture(scope="session")
+def vm_pcr7(systemd_initramfs: h.Initramfs, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """PCR 7 (sha256) as the VM's firmware leaves it, read by the probe in one boot."""
+    d = tmp_path_factory.mktemp("pcr-probe")
+    state = d / "vtpm"
+    h.swtpm_setup(state)
+    image = h.make_luks_image(d / "disk.img", PASSPHRASE, uuid=VOLUME_UUID)
+    config = h.VmConfig(initrd=systemd_initramfs.path, disks=[image.path], tpm_state=state,
+                        cmdline="rd.luks.crypttab=no rd.luks=0 tpmsealprobe.names=", kver=systemd_initramfs.kver)
+    result = h.boot(config, d / "pcr.log")
+    line = result.marker("PCR 7 : 0x")
+    assert line is not None, result.summary()
+    value = line.text.split("0x", 1)[1].strip().lower()
+    assert len(value) == 64 and value != "0" * 64
+    return value
+
+
+@pytest.fixture(scope="session")
+def shell_tpmseal_initramfs(shell_initramfs: h.Initramfs, tpmseal_python: Path, vm_cache: Path,
+                            vm_guest_files: tuple[tuple[Path, str], ...],
+                            vm_measure: Measure) -> h.Initramfs:
+    spec = h.InitramfsSpec(flavour=h.Flavour.SHELL, module_dirs=(PROBE_MODULE, TPMSEAL_MODULE),
+                           includes=vm_guest_files, kver=shell_initramfs.kver,
+                           env=(("TPMSEAL_PYTHON", str(tpmseal_python)),))
+    initrd = h.build_initramfs(spec, vm_cache)
+    vm_measure("initramfs.shell_probe_tpmseal.bytes", initrd.size)
+    return initrd
+
+
+def host_enroll(state: Path, image: Path, pcr7: str, *extra: str) -> None:
+    """`tpmseal enroll` on the host against the vTPM's state (swtpm in socket mode, then stopped)."""
+    sockdir = Path(tempfile.mkdtemp(prefix="tpmseal-host-", dir="/tmp"))
+    sock = sockdir / "s"
+    proc = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=unixio,path={sock}",
+         "--ctrl", f"type=unixio,path={sock}.ctrl", "--flags", "not-need-init,startup-clear"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            if sock.exists() and Path(f"{sock}.ctrl").exists():
+                break
+            time.sleep(0.025)
+        keyfile = sockdir / "pass"
+        keyfile.write_bytes(PASSPHRASE)
+        p = subprocess.run(
+            [sys.executable, "-m", "tpmseal", "enroll", str(image), f"--tpm2-device=swtpm:path={sock}",
+             f"--tpm2-pcrs=7:sha256={pcr7}", "--unlock-key-file", str(keyfile), *extra],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT / "src")},
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        keyfile.unlink()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def enrolled_image(tmp_path: Path, state: Path, pcr7: str, uuid: str = VOLUME_UUID, name: str = "disk") -> Path:
+    image = h.make_luks_image(tmp_path / f"{name}.img", PASSPHRASE, uuid=uuid)
+    host_enroll(state, image.path, pcr7)
+    return image.path
+
+
+def test_enrolled_volume_unlocks_unattended(python_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str,
+                                            tmp_path: Path, run_vm: RunVm, vm_measure: Measure) -> None:
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    result = run_vm("tpmseal-unattended", h.VmConfig(initrd=python_initramfs.path, disks=[image], tpm_state=vtpm,
+                                                     cmdline=SYSTEMD_ARGS, kver=python_initramfs.kver))
+    line = assert_unlocked(result)
+    said = result.time_to(r"tpmseal: .* unlocked with token 0 \(tpmseal-tpm2\), keyslot 1")
+    assert said is not None, result.summary()
+    asked = result.time_to(PROMPT)
+    vm_measure("boot.tpmseal.unlock_s", round(line.t, 2))
+    if asked is not None:  # the console prompt appeared before our answer cancelled it
+        vm_measure("boot.tpmseal.ask_to_unlock_s", round(line.t - asked, 2))
+
+
+def test_pcr_change_falls_back_to_typed_passphrase(python_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str,
+                                                   tmp_path: Path) -> None:
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    config = h.VmConfig(initrd=python_initramfs.path, disks=[image], tpm_state=vtpm,
+                        cmdline=f"{SYSTEMD_ARGS} tpmsealprobe.mode=extendpcr7", kver=python_initramfs.kver)
+    with h.Vm(config, tmp_path / "pcr-changed.log") as vm:
+        vm.expect(r"tpmseal: .*PCR\(s\) 7 differ", timeout=120)
+        vm.expect(PROMPT, timeout=60)
+        vm.wait_quiet()
+        vm.send(PASSPHRASE + b"\n")
+        result = vm.wait()
+    assert_unlocked(result)
+
+
+def test_two_volumes_both_unlocked(python_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str, tmp_path: Path,
+                                   run_vm: RunVm) -> None:
+    first = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    second = enrolled_image(tmp_path, vtpm, vm_pcr7, uuid=SECOND_UUID, name="second")
+    args = f"{SYSTEMD_ARGS} rd.luks.name={SECOND_UUID}={SECOND_NAME} tpmsealprobe.names={VOLUME_NAME},{SECOND_NAME}"
+    result = run_vm("two-volumes", h.VmConfig(initrd=python_initramfs.path, disks=[first, second], tpm_state=vtpm,
+                                              cmdline=args, kver=python_initramfs.kver))
+    assert_unlocked(result, VOLUME_NAME)
+    assert_unlocked(result, SECOND_NAME)
+
+
+def test_no_tpm_attached_prompts_and_does_not_hang(python_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str,
+                                                   tmp_path: Path) -> None:
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    config = h.VmConfig(initrd=python_initramfs.path, disks=[image], tpm_state=None, cmdline=SYSTEMD_ARGS,
+                        kver=python_initramfs.kver)
+    with h.Vm(config, tmp_path / "no-tpm.log") as vm:
+        vm.expect(r"tpmseal: .*(no TPM|/dev/tpmrm0)", timeout=120)
+        vm.expect(PROMPT, timeout=60)
+        vm.wait_quiet()
+        vm.send(PASSPHRASE + b"\n")
+        result = vm.wait()
+    assert_unlocked(result)
+
+
+SHELL_NAME = f"luks-{VOLUME_UUID}"
+SHELL_ARGS = f"rd.luks.crypttab=no rd.luks.uuid={VOLUME_UUID} root=/dev/mapper/{SHELL_NAME}"
+
+
+def test_shell_flavour_unlocks_unattended(shell_tpmseal_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str,
+                                          tmp_path: Path, run_vm: RunVm, vm_measure: Measure) -> None:
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    result = run_vm("shell-unattended", h.VmConfig(initrd=shell_tpmseal_initramfs.path, disks=[image],
+                                                   tpm_state=vtpm, cmdline=SHELL_ARGS,
+                                                   kver=shell_tpmseal_initramfs.kver))
+    line = assert_unlocked(result, SHELL_NAME)
+    assert result.time_to(r"tpmseal: .* unlocked with token 0") is not None, result.summary()
+    vm_measure("boot.tpmseal_shell.unlock_s", round(line.t, 2))
+
+
+def test_shell_flavour_pcr_change_falls_back_to_prompt(shell_tpmseal_initramfs: h.Initramfs, vtpm: Path,
+                                                       vm_pcr7: str, tmp_path: Path) -> None:
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    config = h.VmConfig(initrd=shell_tpmseal_initramfs.path, disks=[image], tpm_state=vtpm,
+                        cmdline=f"{SHELL_ARGS} tpmsealprobe.mode=extendpcr7", kver=shell_tpmseal_initramfs.kver)
+    with h.Vm(config, tmp_path / "shell-pcr-changed.log") as vm:
+        vm.expect(r"tpmseal: .*PCR\(s\) 7 differ", timeout=120)
+        vm.expect(r"Enter passphrase for", timeout=60)  # cryptsetup asking on the console (cryptroot-ask)
+        vm.wait_quiet()
+        vm.send(PASSPHRASE + b"\n")
+        result = vm.wait()
+    assert_unlocked(result, SHELL_NAME)
