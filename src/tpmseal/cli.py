@@ -75,6 +75,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     selection = parse_pcrs(args.tpm2_pcrs)
     if args.recovery_key and (args.tpm2_with_pin or args.replace):
         raise UsageError("--recovery-key cannot be combined with --tpm2-with-pin or --replace")
+    if args.token_type == "systemd-tpm2" and (args.replace or args.wipe_slot or args.recovery_key):
+        raise UsageError("--token-type=systemd-tpm2 cannot be combined with --replace, --wipe-slot or --recovery-key")
     volume.header()  # fail early on a wrong device, before asking for secrets
     with volume_lock(volume.path), _unlock_key(args) as key:
         if args.recovery_key:
@@ -91,7 +93,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             return 0
         pin = ask_new_pin() if args.tpm2_with_pin else None
         try:
-            result = enroll_tpm(volume, key, args.tpm2_device, selection, pin, args.replace, wipe_spec, args.force)
+            if args.token_type == "systemd-tpm2":
+                from tpmseal.interop.systemd_tpm2 import enroll_systemd_tpm2
+
+                result = enroll_systemd_tpm2(volume, key, args.tpm2_device, selection, pin)
+            else:
+                result = enroll_tpm(volume, key, args.tpm2_device, selection, pin, args.replace, wipe_spec, args.force)
         finally:
             if pin is not None:
                 pin.close()
@@ -227,6 +234,30 @@ def cmd_askpass_agent(args: argparse.Namespace) -> int:
     return serve(args.tpm2_device, args.ask_dir, args.timeout, args.idle_exit)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from tpmseal.lock import volume_lock
+    from tpmseal.luks.volume import Volume
+    from tpmseal.migrate import migrate
+    from tpmseal.tpm.pcrs import parse_pcrs
+
+    volume = Volume(args.device)
+    selection = parse_pcrs(args.tpm2_pcrs) if args.tpm2_pcrs is not None else None
+    with volume_lock(volume.path):
+        r = migrate(volume, args.source, args.tpm2_device, selection, args.keep, _pin_source(args))
+    if args.json:
+        _print_json(asdict(r))
+    else:
+        print(
+            f"migrated {r.device} from {r.source_type} token {r.source_token}: tpmseal token {r.token}, "
+            f"keyslot {r.keyslot}, PCRs {r.pcrs or 'none'} ({r.pcr_bank})"
+        )
+        if r.removed_keyslots:
+            print(f"removed: {r.source_type} keyslot(s) {', '.join(map(str, r.removed_keyslots))}")
+        elif r.kept:
+            print(f"kept the {r.source_type} token and its keyslot (--keep)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tpmseal.demo import run_demo
 
@@ -281,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--replace", action="store_true", help="rotate an existing tpmseal token")
     e.add_argument("--wipe-slot", metavar="SLOTS", help="after enrolling, wipe these keyslots")
     e.add_argument("--force", action="store_true", help="allow wiping the last working keyslot")
+    e.add_argument(
+        "--token-type",
+        choices=("tpmseal-tpm2", "systemd-tpm2"),
+        default="tpmseal-tpm2",
+        help="token format: tpmseal's own, or systemd's (opened by stock systemd-cryptsetup)",
+    )
     as_json(e)
     e.set_defaults(func=cmd_enroll)
 
@@ -309,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--force", action="store_true", help="allow wiping the last working keyslot")
     as_json(w)
     w.set_defaults(func=cmd_wipe_slot)
+
+    m = sub.add_parser("migrate", help="replace a systemd-tpm2 or clevis token by a tpmseal token")
+    device(m)
+    tpm(m)
+    m.add_argument(
+        "--from", dest="source", required=True, choices=("systemd-tpm2", "clevis"), help="the kind of token to migrate"
+    )
+    m.add_argument("--tpm2-pcrs", default=None, metavar="PCRS", help="PCRs for the new token (default: the old one's)")
+    m.add_argument("--keep", action="store_true", help="keep the old token and its keyslot")
+    as_json(m)
+    m.set_defaults(func=cmd_migrate)
 
     u = sub.add_parser("unlock", help="unseal a volume's key and map it (/dev/mapper/NAME)")
     device(u)

@@ -79,7 +79,7 @@ def clean_up_interrupted(volume: Volume, header: Header) -> list[str]:
     return done
 
 
-def _free_slots(volume: Volume, header: Header) -> tuple[int, int]:
+def free_slots(volume: Volume, header: Header) -> tuple[int, int]:
     slot, token = header.free_keyslot(), header.free_token()
     if slot is None:
         raise NoFreeKeyslot(f"{volume.path} has no free keyslot")
@@ -88,7 +88,7 @@ def _free_slots(volume: Volume, header: Header) -> tuple[int, int]:
     return slot, token
 
 
-def _add_with_token(
+def add_with_token(
     volume: Volume, unlock_key: Secret, new_key: Secret, slot: int, token_id: int, token: dict[str, object]
 ) -> None:
     """Steps 3-5: marker, keyslot, token in place of the marker."""
@@ -125,7 +125,7 @@ def enroll_tpm(
     cleaned = clean_up_interrupted(volume, header)
     if cleaned:
         header = volume.header()
-    slot, token_id = _free_slots(volume, header)
+    slot, token_id = free_slots(volume, header)
     uuid = volume.uuid()
 
     with open_tpm(tpm_device) as esapi:
@@ -152,7 +152,7 @@ def enroll_tpm(
                 luks_uuid=uuid,
             )
             with keyslot_passphrase(key) as phrase:
-                _add_with_token(volume, unlock_key, phrase, slot, token_id, render_native(native))
+                add_with_token(volume, unlock_key, phrase, slot, token_id, render_native(native))
                 verified = _prove(volume, esapi, slot, token_id, phrase, pin, is_current)
 
     result = EnrollResult(
@@ -210,10 +210,10 @@ def enroll_recovery(volume: Volume, unlock_key: Secret) -> tuple[EnrollResult, S
     """Add a generated recovery key; the caller prints it once. It is never stored."""
     header = volume.header()
     check_unlock_key(volume, unlock_key)
-    slot, token_id = _free_slots(volume, header)
+    slot, token_id = free_slots(volume, header)
     key = generate_recovery_key()
     try:
-        _add_with_token(volume, unlock_key, key, slot, token_id, recovery_marker(slot))
+        add_with_token(volume, unlock_key, key, slot, token_id, recovery_marker(slot))
         if not volume.test_key(key.buffer, slot):
             raise TpmsealError(f"the recovery key does not open keyslot {slot}")
     except BaseException:

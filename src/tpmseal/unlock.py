@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from tpmseal.tpm.srk import srk_from_ref
 
 if TYPE_CHECKING:
     from tpm2_pytss import ESAPI
+
+log = logging.getLogger("tpmseal")
 
 PinSource = Callable[[], bytearray]
 # Opens one token type: (ESAPI, the token's JSON object, PIN source) -> the keyslot passphrase.
@@ -122,9 +125,23 @@ def open_native(esapi: ESAPI, data: dict[str, Any], pin: PinSource | None) -> Se
 
 
 def token_openers() -> dict[str, TokenOpener]:
-    """Every token type whose keyslot passphrase tpmseal can recover with the TPM."""
-    from tpmseal.interop.clevis import open_clevis
-    from tpmseal.interop.systemd_tpm2 import open_systemd_tpm2
+    """Every token type whose keyslot passphrase tpmseal can recover with the TPM.
+
+    The foreign formats are optional: an initramfs built without them still opens native tokens.
+    """
     from tpmseal.luks.tokens import CLEVIS_TYPE, SYSTEMD_TPM2_TYPE
 
-    return {NATIVE_TYPE: open_native, SYSTEMD_TPM2_TYPE: open_systemd_tpm2, CLEVIS_TYPE: open_clevis}
+    openers: dict[str, TokenOpener] = {NATIVE_TYPE: open_native}
+    try:
+        from tpmseal.interop.systemd_tpm2 import open_systemd_tpm2
+
+        openers[SYSTEMD_TPM2_TYPE] = open_systemd_tpm2
+    except ImportError as e:
+        log.warning("systemd-tpm2 tokens cannot be opened: %s", e)
+    try:
+        from tpmseal.interop.clevis import open_clevis
+
+        openers[CLEVIS_TYPE] = open_clevis
+    except ImportError as e:
+        log.warning("clevis tokens cannot be opened: %s", e)
+    return openers

@@ -306,7 +306,7 @@ def enroll_systemd_tpm2(
     passphrase; no tpm2_srk / tpm2_salt, which systemd 252 does not read. Same crash-safe order as
     enroll.py: pending marker, luksAddKey, the token in place of the marker, then proof.
     """
-    from tpmseal.enroll import EnrollResult, _add_with_token, _free_slots, check_unlock_key, clean_up_interrupted
+    from tpmseal.enroll import EnrollResult, add_with_token, check_unlock_key, clean_up_interrupted, free_slots
     from tpmseal.interop.primary import legacy_primary
     from tpmseal.tpm.device import open_tpm
     from tpmseal.tpm.policy import policy_digest
@@ -318,7 +318,7 @@ def enroll_systemd_tpm2(
     cleaned = clean_up_interrupted(volume, header)
     if cleaned:
         header = volume.header()
-    slot, token_id = _free_slots(volume, header)
+    slot, token_id = free_slots(volume, header)
 
     with open_tpm(tpm_device) as esapi:
         current = read_pcrs(esapi, selection) if selection.pcrs else {}
@@ -338,7 +338,7 @@ def enroll_systemd_tpm2(
                 pin is not None,
             )  # fmt: skip
             with keyslot_passphrase(key) as phrase:
-                _add_with_token(volume, unlock_key, phrase, slot, token_id, render_systemd_tpm2(token))
+                add_with_token(volume, unlock_key, phrase, slot, token_id, render_systemd_tpm2(token))
                 verified = _prove(volume, esapi, slot, token_id, phrase, pin, is_current)
     return EnrollResult(
         volume.path, slot, token_id, TYPE, full.format(), full.bank, pin is not None, verified, cleaned_up=cleaned
