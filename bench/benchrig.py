@@ -220,6 +220,27 @@ def creds_decrypt(src: Path, tcti: str) -> Invocation:
                       ("systemd-creds", "decrypt", f"--tpm2-device={tcti}", "--name=bench", str(src), "-"))
 
 
+CRYPTSETUP_SHIM = """#!/bin/sh
+# SPDX-License-Identifier: LGPL-2.1-or-later
+printf '%s\\n' "$1" >> "{log}"
+exec {real} "$@"
+"""
+
+
+def cryptsetup_shim(d: Path) -> tuple[Path, Path]:
+    """A `cryptsetup` in front of the real one that logs each run's subcommand; returns (bin dir, log)."""
+    real = shutil.which("cryptsetup")
+    if real is None:
+        raise RigError("cryptsetup not found")
+    bindir = d / "shim"
+    bindir.mkdir(exist_ok=True)
+    log = d / "cryptsetup.log"
+    shim = bindir / "cryptsetup"
+    shim.write_text(CRYPTSETUP_SHIM.format(log=log, real=real))
+    shim.chmod(0o755)
+    return bindir, log
+
+
 @dataclass
 class Ran:
     seconds: float
@@ -281,6 +302,7 @@ class Count:
     by_name: dict[str, int]
     left_loaded: list[str]
     failed: int = 0
+    cryptsetup_runs: list[str] = field(default_factory=list)  # subcommands of the cryptsetup processes run
 
     @property
     def total(self) -> int:
@@ -293,7 +315,7 @@ class ImportProfile:
 
     total_us: int
     top: list[tuple[str, int]]  # (module, cumulative µs), top-level imports, slowest first
-    heavy: dict[str, int | None]  # package -> cumulative µs of its first import, None = not loaded
+    heavy: dict[str, int | None]  # package -> summed self time of its modules (µs), None = not loaded
 
 
 def parse_importtime(stderr: str) -> ImportProfile:
@@ -307,6 +329,7 @@ def parse_importtime(stderr: str) -> ImportProfile:
         parts = line.split("|", 2)
         if len(parts) != 3:
             continue
+        self_us = int(parts[0].split(":", 1)[1])
         cumulative = int(parts[1])
         name = parts[2][1:]  # one space after the bar, then two per nesting level
         module = name.strip()
@@ -314,8 +337,10 @@ def parse_importtime(stderr: str) -> ImportProfile:
             top.append((module, cumulative))
             total += cumulative
         root = module.split(".")[0]
-        if root in heavy and heavy[root] is None:
-            heavy[root] = cumulative
+        if root in heavy:
+            # the package's own cost: the self times of all its modules (cumulative would count
+            # what it imports from elsewhere, and a package's first line may be a late submodule)
+            heavy[root] = (heavy[root] or 0) + self_us
     top.sort(key=lambda e: -e[1])
     return ImportProfile(total, top, heavy)
 

@@ -26,7 +26,7 @@
 TPMSEAL_PY_REQUIRE="tpmseal tpmseal.cli tpm2_pytss tpm2_pytss.ESAPI"
 TPMSEAL_PY_OPTIONAL="tpmseal.unlock tpmseal.tpm.device tpmseal.tpm.seal tpmseal.tpm.srk
     tpmseal.luks.volume tpmseal.luks.tokens tpmseal.boot.agent tpmseal.boot.unlock
-    tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis"
+    tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis tpmseal.boot.measure"
 TPMSEAL_SITE=/usr/lib/tpmseal/site
 
 check() {
@@ -126,13 +126,22 @@ install() {
             [[ -e $moddir/$unit ]] || continue
             inst_simple "$moddir/$unit" "$systemdsystemunitdir/$unit"
         done
+        if [[ -e $moddir/tpmseal-measure.service ]]; then
+            inst_simple "$moddir/tpmseal-measure.service" "$systemdsystemunitdir/tpmseal-measure.service"
+            $SYSTEMCTL -q --root "$initdir" add-wants cryptsetup.target tpmseal-measure.service
+        fi
         if [[ -e $moddir/tpmseal-askpass.path ]]; then
             $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target tpmseal-askpass.path
             # start the agent early too, so its imports are done before the first request;
             # nothing is ordered after it, so it never delays boot
             $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target tpmseal-askpass.service
         fi
-    elif [[ -e $moddir/tpmseal-unlock.sh ]]; then
-        inst_hook initqueue/settled 40 "$moddir/tpmseal-unlock.sh"
+    else
+        if [[ -e $moddir/tpmseal-unlock.sh ]]; then
+            inst_hook initqueue/settled 40 "$moddir/tpmseal-unlock.sh"
+        fi
+        if [[ -e $moddir/tpmseal-measure.sh ]]; then
+            inst_hook pre-mount 10 "$moddir/tpmseal-measure.sh"
+        fi
     fi
 }

@@ -13,10 +13,16 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tpmseal import __version__
 from tpmseal.errors import ExitCode, TpmsealError, UsageError
+
+if TYPE_CHECKING:
+    from tpmseal.luks.volume import Header, Volume
+    from tpmseal.secret import Secret
+    from tpmseal.tpm.pcrs import PcrSelection
+    from tpmseal.wipe import WipeSpec
 
 log = logging.getLogger("tpmseal")
 
@@ -63,10 +69,8 @@ def _pin_source(args: argparse.Namespace) -> Callable[[], bytearray]:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from tpmseal.enroll import enroll_recovery, enroll_tpm
     from tpmseal.lock import volume_lock
     from tpmseal.luks.volume import Volume
-    from tpmseal.prompt import ask_new_pin
     from tpmseal.tpm.pcrs import parse_pcrs
     from tpmseal.wipe import parse_wipe_spec
 
@@ -77,31 +81,51 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         raise UsageError("--recovery-key cannot be combined with --tpm2-with-pin or --replace")
     if args.token_type == "systemd-tpm2" and (args.replace or args.wipe_slot or args.recovery_key):
         raise UsageError("--token-type=systemd-tpm2 cannot be combined with --replace, --wipe-slot or --recovery-key")
-    volume.header()  # fail early on a wrong device, before asking for secrets
-    with volume_lock(volume.path), _unlock_key(args) as key:
-        if args.recovery_key:
-            result, recovery = enroll_recovery(volume, key)
-            with recovery:
-                text = recovery.buffer.decode()
-                if args.json:
-                    _print_json({**asdict(result), "recovery_key": text})
-                else:
-                    print("A recovery key was added. Write it down and keep it safe; it is shown only once:")
-                    print(f"\n    {text}\n")
-                    print(f"keyslot {result.keyslot}, token {result.token} ({result.type})")
-                del text
-            return 0
-        pin = ask_new_pin() if args.tpm2_with_pin else None
-        try:
-            if args.token_type == "systemd-tpm2":
-                from tpmseal.interop.systemd_tpm2 import enroll_systemd_tpm2
+    volume.check_exists()  # fail early on a wrong device, before asking for secrets
+    with volume_lock(volume.path):
+        header = volume.header()
+        with _unlock_key(args) as key:
+            return _enroll_locked(args, volume, header, key, selection, wipe_spec)
 
-                result = enroll_systemd_tpm2(volume, key, args.tpm2_device, selection, pin)
+
+def _enroll_locked(
+    args: argparse.Namespace,
+    volume: Volume,
+    header: Header,
+    key: Secret,
+    selection: PcrSelection,
+    wipe_spec: WipeSpec | None,
+) -> int:
+    """enroll, once the volume is locked and the unlock key is in hand."""
+    from tpmseal.enroll import enroll_recovery, enroll_tpm
+    from tpmseal.prompt import ask_new_pin
+
+    if args.recovery_key:
+        result, recovery = enroll_recovery(volume, key)
+        with recovery:
+            text = recovery.buffer.decode()
+            if args.json:
+                _print_json({**asdict(result), "recovery_key": text})
             else:
-                result = enroll_tpm(volume, key, args.tpm2_device, selection, pin, args.replace, wipe_spec, args.force)
-        finally:
-            if pin is not None:
-                pin.close()
+                print("A recovery key was added. Write it down and keep it safe; it is shown only once:")
+                print(f"\n    {text}\n")
+                print(f"keyslot {result.keyslot}, token {result.token} ({result.type})")
+            del text
+        return 0
+    pin = ask_new_pin() if args.tpm2_with_pin else None
+    try:
+        if args.token_type == "systemd-tpm2":
+            from tpmseal.interop.systemd_tpm2 import enroll_systemd_tpm2
+
+            result = enroll_systemd_tpm2(volume, key, args.tpm2_device, selection, pin)
+        else:
+            result = enroll_tpm(
+                volume, key, args.tpm2_device, selection, pin, args.replace, wipe_spec, args.force,
+                volume_binding=not args.no_volume_binding, header=header,
+            )  # fmt: skip
+    finally:
+        if pin is not None:
+            pin.close()
     if args.json:
         _print_json(asdict(result))
     else:
@@ -157,6 +181,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             "the next 'tpmseal enroll' removes it",
             file=sys.stderr,
         )
+    for t in rep.tokens:
+        if t.volume_binding is False:
+            print(
+                f"warning: token {t.token} is not bound to PCR 15 (--no-volume-binding): a volume swapped in "
+                "with a copy of it could boot code that unseals it",
+                file=sys.stderr,
+            )
     if rep.tpm_error:
         print(f"warning: PCR state not checked: {rep.tpm_error}", file=sys.stderr)
     return 0
@@ -243,7 +274,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     volume = Volume(args.device)
     selection = parse_pcrs(args.tpm2_pcrs) if args.tpm2_pcrs is not None else None
     with volume_lock(volume.path):
-        r = migrate(volume, args.source, args.tpm2_device, selection, args.keep, _pin_source(args))
+        r = migrate(
+            volume,
+            args.source,
+            args.tpm2_device,
+            selection,
+            args.keep,
+            _pin_source(args),
+            volume_binding=not args.no_volume_binding,
+        )
     if args.json:
         _print_json(asdict(r))
     else:
@@ -255,6 +294,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"removed: {r.source_type} keyslot(s) {', '.join(map(str, r.removed_keyslots))}")
         elif r.kept:
             print(f"kept the {r.source_type} token and its keyslot (--keep)")
+    return 0
+
+
+def cmd_measure_volumes(args: argparse.Namespace) -> int:
+    from tpmseal.boot.measure import measure, unlocked_volumes
+
+    volumes = unlocked_volumes()
+    n = measure(args.tpm2_device, volumes, args.pcr)
+    names = ", ".join(f"{v.name} ({v.uuid})" for v in volumes) or "no volume"
+    print(
+        f"tpmseal: measured {names} into PCR {args.pcr} ({n} events); TPM tokens bound to it are closed "
+        "for the rest of this boot",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -313,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--wipe-slot", metavar="SLOTS", help="after enrolling, wipe these keyslots")
     e.add_argument("--force", action="store_true", help="allow wiping the last working keyslot")
     e.add_argument(
+        "--no-volume-binding",
+        action="store_true",
+        help="do not bind to PCR 15 at its boot-time value (needed for disks opened after boot)",
+    )
+    e.add_argument(
         "--token-type",
         choices=("tpmseal-tpm2", "systemd-tpm2"),
         default="tpmseal-tpm2",
@@ -355,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--tpm2-pcrs", default=None, metavar="PCRS", help="PCRs for the new token (default: the old one's)")
     m.add_argument("--keep", action="store_true", help="keep the old token and its keyslot")
+    m.add_argument("--no-volume-binding", action="store_true", help="do not bind the new token to PCR 15")
     as_json(m)
     m.set_defaults(func=cmd_migrate)
 
@@ -374,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-exit", type=float, default=None, metavar="SEC", help="exit after SEC idle (default: run until stopped)"
     )
     a.set_defaults(func=cmd_askpass_agent)
+
+    from tpmseal.config.command import register as register_config
+
+    register_config(sub)
+
+    mv = sub.add_parser("measure-volumes", help="extend PCR 15 with the unlocked volumes (end of initramfs unlock)")
+    tpm(mv)
+    mv.add_argument("--pcr", type=int, default=15, choices=range(24), metavar="N", help="the PCR to extend (15)")
+    mv.set_defaults(func=cmd_measure_volumes)
+
 
     d = sub.add_parser("demo", help="run the whole job on a private swtpm and a LUKS2 image file")
     d.add_argument("--keep", action="store_true", help="keep the temporary directory")

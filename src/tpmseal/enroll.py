@@ -107,13 +107,21 @@ def enroll_tpm(
     replace: bool = False,
     wipe_spec: WipeSpec | None = None,
     force: bool = False,
+    volume_binding: bool = True,
+    header: Header | None = None,
 ) -> EnrollResult:
+    """Seal a fresh key for ``selection`` (plus PCR 15 at its boot-time value unless ``volume_binding``
+    is off, see boot/measure.py) and add it as a keyslot with a native token."""
+    from tpmseal.boot.measure import bind_volume
     from tpmseal.tpm.device import open_tpm
     from tpmseal.tpm.policy import policy_digest
     from tpmseal.tpm.seal import pin_auth, seal
     from tpmseal.tpm.srk import ensure_srk
 
-    header = volume.header()
+    if volume_binding:
+        selection = bind_volume(selection)
+    if header is None:
+        header = volume.header()
     old = [t for t in header.tokens.values() if t.type == NATIVE_TYPE and t.keyslots]
     if old and not replace:
         ids = ", ".join(f"token {t.id} (keyslot {', '.join(map(str, t.keyslots))})" for t in old)
@@ -159,7 +167,8 @@ def enroll_tpm(
         volume.path, slot, token_id, NATIVE_TYPE, full.format(), full.bank, pin is not None, verified,
         cleaned_up=cleaned,
     )  # fmt: skip
-    header = volume.header()
+    if old:
+        header = volume.header()
     for t in old:
         for k in t.keyslots:
             if k in header.keyslots:

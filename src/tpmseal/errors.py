@@ -144,3 +144,40 @@ class TokenUnsupported(TokenError):
 class Refused(TpmsealError):
     exit_code = ExitCode.REFUSED
     default_hint = "--force overrides this check; make sure another way in exists first"
+
+
+class CredentialRejected(TpmsealError):
+    """A service credential (tpmseal creds) that must not be used: see docs/credential-format.md.
+
+    Exit code 7, like a bad token. The TPM's own refusals keep their classes and codes:
+    PolicyMismatch (5) when the PCRs changed, WrongTpm (11) when another TPM sealed it.
+    """
+
+    exit_code = ExitCode.TOKEN
+    default_hint = "inspect it with 'tpmseal creds inspect FILE'; encrypt the secret again if it is damaged"
+
+
+class CredentialCorrupt(CredentialRejected):
+    """Not a credential, truncated, or its header breaks the format."""
+
+
+class CredentialUnsupported(CredentialRejected):
+    default_hint = "this version of tpmseal cannot read this credential; upgrade tpmseal"
+
+
+class CredentialTampered(CredentialRejected):
+    """Authentication (AES-256-GCM tag) failed: a header field or the ciphertext was changed."""
+
+    default_hint = "the file was modified after it was encrypted; do not use it, encrypt the secret again"
+
+
+class CredentialNameMismatch(CredentialRejected):
+    default_hint = "a credential is bound to the name it was encrypted for; encrypt it again under the new name"
+
+
+class CredentialUnitMismatch(CredentialRejected):
+    default_hint = "a credential encrypted with --unit is served only to that unit; encrypt it again for this unit"
+
+
+class CredentialExpired(CredentialRejected):
+    default_hint = "the credential's --not-after time has passed; encrypt the secret again with a new expiry"

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tpmseal.boot.measure import is_volume_bound
 from tpmseal.errors import TpmsealError
 from tpmseal.interop import FOREIGN_TPM_TYPES, describe
 from tpmseal.luks.tokens import (
@@ -50,6 +51,7 @@ class TokenInfo:
     created: str | None = None
     policy_satisfied: bool | None = None  # None: not checked (no TPM, or not a TPM token we read)
     changed_pcrs: list[int] = field(default_factory=list)
+    volume_binding: bool | None = None  # bound to PCR 15 (closed after the boot's unlock phase)
     error: str | None = None
 
 
@@ -131,6 +133,7 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
                 info.pin = nt.pin
                 info.seals = len(nt.seals)
                 info.created = nt.created
+                info.volume_binding = all(is_volume_bound(x.pcrs) for x in nt.seals)
                 natives.append((info, nt))
         elif t.type in FOREIGN_TPM_TYPES:
             try:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tpmseal.errors import TpmsealError
+from tpmseal.errors import TpmsealError, VolumeError
 
 
 class VolumeBusy(TpmsealError):
@@ -36,7 +36,10 @@ def _lock_dir() -> str:
 
 @contextmanager
 def volume_lock(path: str, timeout: float = 30.0) -> Iterator[None]:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise VolumeError(f"{path}: {e.strerror}") from None
     lock_path = os.path.join(_lock_dir(), f"volume-{st.st_dev}-{st.st_ino}.lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -109,6 +109,7 @@ def migrate(
     selection: PcrSelection | None,
     keep: bool,
     pin: PinSource | None = None,
+    volume_binding: bool = True,
 ) -> MigrateResult:
     """Replace a ``systemd-tpm2``/``clevis`` token by a proven native one (same PCRs unless ``selection``).
 
@@ -140,7 +141,9 @@ def migrate(
             new_pin = Secret.take(pin()) if old_pin and pin is not None else None
             pcrs_to_use = selection if selection is not None else old_selection
             try:
-                enrolled = enroll_tpm(volume, phrase, tpm_device, pcrs_to_use, pin=new_pin)
+                enrolled = enroll_tpm(
+                    volume, phrase, tpm_device, pcrs_to_use, pin=new_pin, volume_binding=volume_binding
+                )
             finally:
                 if new_pin is not None:
                     new_pin.close()

@@ -114,9 +114,16 @@ def unseal_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None)
 
 
 def _mismatch(seal: Seal, current: dict[int, bytes]) -> PolicyMismatch:
+    from tpmseal.boot.measure import VOLUME_PCR, volume_binding_hint
+
     changed = changed_pcrs(seal, current)
     which = ", ".join(str(i) for i in changed) or "none visible"
-    return PolicyMismatch(f"the TPM refused to unseal: PCR(s) {which} differ from the sealed state")
+    msg = f"the TPM refused to unseal: PCR(s) {which} differ from the sealed state"
+    if changed == [VOLUME_PCR]:
+        return PolicyMismatch(
+            msg + " (volume binding: the volumes of this boot were already measured)", volume_binding_hint()
+        )
+    return PolicyMismatch(msg)
 
 
 def open_native(esapi: ESAPI, data: dict[str, Any], pin: PinSource | None) -> Secret:

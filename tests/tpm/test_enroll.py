@@ -38,7 +38,7 @@ def unsealed_passphrase(img: Image, swtpm: Swtpm, pin: bytes | None = None) -> b
 
 def test_enroll_then_test_unlock_and_key_opens_keyslot_with_cryptsetup(image: Image, swtpm: Swtpm) -> None:
     r = enroll(image, swtpm, "--tpm2-pcrs=7")
-    assert r["keyslot"] == 1 and r["type"] == "tpmseal-tpm2" and r["pcrs"] == "7" and r["verified"] == "unsealed"
+    assert r["keyslot"] == 1 and r["type"] == "tpmseal-tpm2" and r["pcrs"] == "7+15" and r["verified"] == "unsealed"
     t = json.loads(run_cli("test-unlock", image.dev, f"--tpm2-device={swtpm.tcti}", "--json").stdout)
     assert [(x["token"], x["ok"]) for x in t["results"]] == [(r["token"], True)]
     phrase = unsealed_passphrase(image, swtpm)
@@ -73,7 +73,7 @@ def test_literal_pcr_value_unseals_once_pcr_reaches_it(image: Image, swtpm: Swtp
 
 def test_several_pcrs_and_pcr_names(image: Image, swtpm: Swtpm) -> None:
     r = enroll(image, swtpm, "--tpm2-pcrs=0+secure-boot-policy+4")
-    assert r["pcrs"] == "0+4+7"
+    assert r["pcrs"] == "0+4+7+15"
     run_cli("test-unlock", image.dev, f"--tpm2-device={swtpm.tcti}")
     swtpm.extend(4, b"new kernel")
     p = run_cli("test-unlock", image.dev, f"--tpm2-device={swtpm.tcti}", check=5)

@@ -248,7 +248,8 @@ def test_migrate_replaces_the_old_token_without_a_passphrase(
         old = clevis_bind(image, swtpm, "tpm2", {"pcr_ids": "7", "pcr_bank": "sha256"})
     old_slot = int(tokens_of(image, source)[old]["keyslots"][0])
     r = migrate(Volume(image.dev), source, swtpm.tcti, None, keep=False)
-    assert (r.source_token, r.source_keyslots, r.pcrs, r.pcr_bank) == (old, [old_slot], "7", "sha256")
+    # the old token's PCRs, plus PCR 15 at zero: new native tokens are volume-bound by default
+    assert (r.source_token, r.source_keyslots, r.pcrs, r.pcr_bank) == (old, [old_slot], "7+15", "sha256")
     assert r.verified == "unsealed"
     assert r.removed_keyslots == [old_slot] and r.removed_tokens == [old]
     assert tokens_of(image, source) == {}
@@ -261,7 +262,7 @@ def test_migrate_replaces_the_old_token_without_a_passphrase(
 def test_migrate_keeps_pin_and_old_token_with_keep(image: Image, swtpm: Swtpm, no_leaks: None) -> None:
     old = cryptenroll(image, swtpm, "7", pin=PIN)
     r = migrate(Volume(image.dev), "systemd-tpm2", swtpm.tcti, parse_pcrs("0+7"), keep=True, pin=lambda: bytearray(PIN))
-    assert (r.pcrs, r.pin, r.kept, r.removed_keyslots) == ("0+7", True, True, [])
+    assert (r.pcrs, r.pin, r.kept, r.removed_keyslots) == ("0+7+15", True, True, [])
     assert old in tokens_of(image, "systemd-tpm2")
     results = try_unlock(image, swtpm, stdin=PIN + b"\n")["results"]
     assert [(x["type"], x["ok"]) for x in results] == [("systemd-tpm2", True), ("tpmseal-tpm2", True)]

@@ -179,3 +179,68 @@ def test_shell_flavour_pcr_change_falls_back_to_prompt(shell_tpmseal_initramfs: 
         vm.send(PASSPHRASE + b"\n")
         result = vm.wait()
     assert_unlocked(result, SHELL_NAME)
+
+
+def test_tpmseal_written_systemd_tpm2_token_opens_with_stock_systemd(
+    systemd_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str, tmp_path: Path, run_vm: RunVm
+) -> None:
+    """Interop: `tpmseal enroll --token-type=systemd-tpm2` → stock systemd-cryptsetup (no tpmseal in the
+    initramfs) unseals it from the vTPM and unlocks the volume unattended."""
+    image = h.make_luks_image(tmp_path / "disk.img", PASSPHRASE, uuid=VOLUME_UUID)
+    host_enroll(vtpm, image.path, vm_pcr7, "--token-type=systemd-tpm2")
+    assert "systemd-tpm2" in h.luks_token_types(image.path)
+    args = f"{SYSTEMD_ARGS} rd.luks.options=tpm2-device=auto,headless=true"
+    result = run_vm("stock-systemd", h.VmConfig(initrd=systemd_initramfs.path, disks=[image.path], tpm_state=vtpm,
+                                                cmdline=args, kver=systemd_initramfs.kver))
+    assert_unlocked(result)
+
+
+ATTACKER_PASSPHRASE = b"the attacker knows this one"
+
+
+def swapped_volume(tmp_path: Path, state: Path, pcr7: str, *enroll_args: str) -> tuple[Path, Path]:
+    """The victim's real volume (enrolled), and the attacker's volume: same UUID as the victim's root,
+    a passphrase the attacker knows, and a copy of the victim's token."""
+    victim = h.make_luks_image(tmp_path / "victim.img", PASSPHRASE, uuid=SECOND_UUID)
+    host_enroll(state, victim.path, pcr7, *enroll_args)
+    attacker = h.make_luks_image(tmp_path / "attacker.img", ATTACKER_PASSPHRASE, uuid=VOLUME_UUID)
+    [token] = [t for t in h.luks_dump(victim.path)["tokens"].values() if t["type"] == "tpmseal-tpm2"]  # type: ignore[union-attr]
+    token["keyslots"] = ["0"]
+    subprocess.run(["cryptsetup", "token", "import", "--json-file", "-", str(attacker.path)],
+                   input=__import__("json").dumps(token).encode(), check=True, capture_output=True)
+    return attacker.path, victim.path
+
+
+def boot_swapped(python_initramfs: h.Initramfs, vtpm: Path, disks: tuple[Path, Path], log: Path) -> h.BootResult:
+    config = h.VmConfig(initrd=python_initramfs.path, disks=list(disks), tpm_state=vtpm,
+                        cmdline=f"{SYSTEMD_ARGS} tpmsealprobe.mode=attack tpmsealprobe.victim=/dev/vdb",
+                        kver=python_initramfs.kver)
+    with h.Vm(config, log) as vm:
+        # the copied token unseals (PCRs are good) but its key does not open the attacker's keyslot,
+        # so the prompt appears; the attacker types their own passphrase
+        vm.expect(r"tpmseal: .*does not open its keyslot", timeout=120)
+        vm.expect(PROMPT, timeout=60)
+        vm.wait_quiet()
+        vm.send(ATTACKER_PASSPHRASE + b"\n")
+        return vm.wait()
+
+
+def test_swapped_volume_attack_is_refused_by_pcr15_binding(python_initramfs: h.Initramfs, vtpm: Path,
+                                                           vm_pcr7: str, tmp_path: Path) -> None:
+    disks = swapped_volume(tmp_path, vtpm, vm_pcr7)
+    result = boot_swapped(python_initramfs, vtpm, disks, tmp_path / "attack-bound.log")
+    assert_unlocked(result)  # the attacker's system boots...
+    assert result.time_to(r"tpmseal: measured .*PCR 15") is not None, result.summary()
+    assert result.marker("ATTACK_REFUSED") is not None, result.summary()  # ...but gets no key
+    assert result.time_to(r"attack: .*PCR\(s\) 15 differ") is not None, result.summary()
+    assert result.marker("ATTACK_UNSEALED") is None
+
+
+def test_swapped_volume_attack_succeeds_without_binding(python_initramfs: h.Initramfs, vtpm: Path,
+                                                        vm_pcr7: str, tmp_path: Path) -> None:
+    """The control: the same attack against a token enrolled with --no-volume-binding works, so the
+    binding is what stops it above."""
+    disks = swapped_volume(tmp_path, vtpm, vm_pcr7, "--no-volume-binding")
+    result = boot_swapped(python_initramfs, vtpm, disks, tmp_path / "attack-unbound.log")
+    assert_unlocked(result)
+    assert result.marker("ATTACK_UNSEALED") is not None, result.summary()

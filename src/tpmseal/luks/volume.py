@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,12 @@ LUKS2_TOKENS = 32
 # adds nothing against guessing such a key, while it costs seconds (and, for argon2, a GiB) at every
 # boot. PBKDF2 with cryptsetup's minimum iteration count is what systemd-cryptenroll uses too.
 RANDOM_KEY_PBKDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--hash", "sha512"]
+
+# The binary LUKS header (LUKS1 and LUKS2 alike): magic at 0, UUID (ASCII, NUL-padded) at 168.
+LUKS_MAGIC = b"LUKS\xba\xbe"
+LUKS_UUID_OFFSET = 168
+LUKS_UUID_SIZE = 40
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 # cryptsetup's exit code for "No key available with this passphrase".
 EXIT_WRONG_KEY = 2
@@ -79,7 +86,7 @@ class Volume:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def _check_exists(self) -> None:
+    def check_exists(self) -> None:
         try:
             st = os.stat(self.path)
         except OSError as e:
@@ -89,7 +96,7 @@ class Volume:
 
     def header(self) -> Header:
         """Read the LUKS2 header; raise NotLuks2 for anything else."""
-        self._check_exists()
+        self.check_exists()
         try:
             r = run([CRYPTSETUP, "luksDump", "--dump-json-metadata", self.path])
         except CommandFailed:
@@ -103,6 +110,16 @@ class Volume:
             raise VolumeError(f"cryptsetup printed invalid JSON for {self.path}: {e}") from None
 
     def uuid(self) -> str:
+        """The LUKS UUID, read from the binary header (no process); cryptsetup if that fails."""
+        try:
+            with open(self.path, "rb") as f:
+                hdr = f.read(LUKS_UUID_OFFSET + LUKS_UUID_SIZE)
+            if hdr[:6] == LUKS_MAGIC and len(hdr) == LUKS_UUID_OFFSET + LUKS_UUID_SIZE:
+                text = hdr[LUKS_UUID_OFFSET:].split(b"\0", 1)[0].decode("ascii")
+                if UUID_RE.fullmatch(text):
+                    return text
+        except (OSError, UnicodeDecodeError):
+            pass
         return run([CRYPTSETUP, "luksUUID", self.path]).stdout.strip()
 
     def test_key(self, key: bytes | bytearray, keyslot: int | None = None) -> bool:

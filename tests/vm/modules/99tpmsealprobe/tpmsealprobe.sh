@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # The probe proper. Kernel arguments it reads:
 #   tpmsealprobe.names=a,b    mapper names to check (default: the name in root=/dev/mapper/NAME)
-#   tpmsealprobe.mode=m1,m2   extra steps: enroll, python (extendpcr7 is done by the pre-udev hook)
+#   tpmsealprobe.mode=m1,m2   extra steps: enroll, python, attack (extendpcr7 is done by the pre-udev hook)
+#   tpmsealprobe.victim=DEV   the real volume whose token the "attack" mode tries to unseal (default /dev/vdb)
 #   tpmsealprobe.enroll=DEV   the LUKS device that "enroll" enrolls (default /dev/vda)
 # Every result line starts with "TPMSEALPROBE: ".
 
@@ -106,6 +107,24 @@ case $modes in
             t0=$(now_ns)
             "$py" -I -S /usr/lib/tpmsealprobe/pyprobe.py 2>&1 | while read -r line; do say "$line"; done
             say "PY_PROBE_PROCESS ms=$(ms_since "$t0")"
+        fi
+        ;;
+esac
+
+case $modes in
+    *" attack "*)
+        # the swapped-volume attack: code running after unlock (here, before anything from the
+        # volume runs; a real attacker's userspace would run even later) asks the TPM for the
+        # key of the real volume tpmsealprobe.victim= via its token
+        victim=$(arg tpmsealprobe.victim)
+        victim=${victim:-/dev/vdb}
+        out=$(TSS2_LOG=all+none /usr/bin/tpmseal test-unlock --tpm2-device=auto "$victim" 2>&1)
+        rc=$?
+        echo "$out" | while read -r line; do say "attack: $line"; done
+        if [ $rc -eq 0 ]; then
+            say "ATTACK_UNSEALED"
+        else
+            say "ATTACK_REFUSED rc=$rc"
         fi
         ;;
 esac
