@@ -72,7 +72,8 @@ def clean_up_interrupted(volume: Volume, header: Header) -> list[str]:
     for k in orphan_keyslots(header):
         remove_keyslot(volume, header, k)
         done.append(f"removed orphan keyslot {k}")
-    header = volume.header()
+    if done:
+        header = volume.header()
     for t in orphan_tokens(header):
         volume.remove_token(t)
         done.append(f"removed orphan token {t}")
@@ -91,9 +92,21 @@ def free_slots(volume: Volume, header: Header) -> tuple[int, int]:
 def add_with_token(
     volume: Volume, unlock_key: Secret, new_key: Secret, slot: int, token_id: int, token: dict[str, object]
 ) -> None:
-    """Steps 3-5: marker, keyslot, token in place of the marker."""
+    """Steps 3-5: marker, keyslot, token in place of the marker.
+
+    A wrong unlock key makes luksAddKey fail before it writes anything; the marker is removed again.
+    """
+    from tpmseal.errors import BadUnlockKey, CommandFailed
+    from tpmseal.luks.volume import EXIT_WRONG_KEY
+
     volume.import_token(pending_marker(slot), token_id)
-    volume.add_keyslot(unlock_key.buffer, new_key.buffer, slot)
+    try:
+        volume.add_keyslot(unlock_key.buffer, new_key.buffer, slot)
+    except CommandFailed as e:
+        volume.remove_token(token_id)
+        if e.returncode == EXIT_WRONG_KEY:
+            raise BadUnlockKey(f"the given passphrase or key does not open {volume.path}") from None
+        raise
     token["keyslots"] = [str(slot)]
     volume.import_token(token, token_id, replace=True)
 
@@ -129,7 +142,6 @@ def enroll_tpm(
             f"{volume.path} already has a tpmseal token: {ids}",
             "use --replace to rotate it (the new one is proven before the old one goes)",
         )
-    check_unlock_key(volume, unlock_key)
     cleaned = clean_up_interrupted(volume, header)
     if cleaned:
         header = volume.header()

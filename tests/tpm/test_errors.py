@@ -124,7 +124,7 @@ def replace_token(image: Image, token_id: int, data: dict) -> None:
         (lambda t: t["seals"][0].update(private=t["seals"][0]["private"][:40]), 7, "cannot be decoded"),
         (lambda t: t["seals"][0].update(public="!!"), 7, "invalid base64"),
         (lambda t: t["seals"][0].update(pin="no"), 7, "expected true or false"),
-        (lambda t: t["seals"][0].update(kind="authorize"), 7, "kind 'authorize' is not supported"),
+        (lambda t: t["seals"][0].update(kind="from-the-future"), 7, "kind 'from-the-future' is not supported"),
         (lambda t: t["seals"][0]["pcrs"][0].update(value="00"), 7, "expected 32 bytes"),
         (lambda t: t.update(seals=[]), 7, "non-empty list"),
     ],
