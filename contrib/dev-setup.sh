@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(swtpm swtpm-tools tpm2-tools cryptsetup-bin libtss2-dev pkg-config build-essential
-      python3-dev python3-venv groff-base shellcheck)
-vm_pkgs=(qemu-system-x86 qemu-utils linux-image-amd64 dracut dracut-core busybox)
+      python3-dev python3-venv groff-base man-db shellcheck zstd zsh
+      systemd clevis clevis-luks clevis-tpm2)      # the anchors: systemd-cryptenroll/-creds, clevis
+vm_pkgs=(qemu-system-x86 qemu-utils linux-image-amd64 dracut dracut-core busybox ovmf)
 [ "${1:-}" = "--no-vm" ] || pkgs+=("${vm_pkgs[@]}")
 
 missing=()

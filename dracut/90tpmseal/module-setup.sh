@@ -26,7 +26,7 @@
 TPMSEAL_PY_REQUIRE="tpmseal tpmseal.cli tpm2_pytss tpm2_pytss.ESAPI"
 TPMSEAL_PY_OPTIONAL="tpmseal.unlock tpmseal.tpm.device tpmseal.tpm.seal tpmseal.tpm.srk
     tpmseal.luks.volume tpmseal.luks.tokens tpmseal.boot.agent tpmseal.boot.unlock
-    tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis tpmseal.boot.measure"
+    tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis tpmseal.boot.measure tpmseal.update.signed"
 TPMSEAL_SITE=/usr/lib/tpmseal/site
 
 check() {

@@ -16,7 +16,13 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from tpmseal import __version__
+from tpmseal.config.command import register as register_config
+from tpmseal.creds.command import register as register_creds
+from tpmseal.doctor.command import register as register_doctor
 from tpmseal.errors import ExitCode, TpmsealError, UsageError
+from tpmseal.install_files import register as register_install
+from tpmseal.repair import register as register_repair
+from tpmseal.update.command import register as register_update
 
 if TYPE_CHECKING:
     from tpmseal.luks.volume import Header, Volume
@@ -25,6 +31,17 @@ if TYPE_CHECKING:
     from tpmseal.wipe import WipeSpec
 
 log = logging.getLogger("tpmseal")
+
+# Each adds its subcommand(s) to the parser; a module-level import, so that the initramfs's import
+# closure (dracut/90tpmseal/python-closure.py) sees them.
+COMMAND_REGISTRARS = (
+    register_config,
+    register_creds,
+    register_repair,
+    register_install,
+    register_doctor,
+    register_update,
+)
 
 EXIT_CODES_HELP = """exit codes:
   0 success          1 failure           2 usage error        3 volume problem
@@ -76,9 +93,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
     volume = Volume(args.device)
     wipe_spec = parse_wipe_spec(args.wipe_slot) if args.wipe_slot else None
-    selection = parse_pcrs(args.tpm2_pcrs)
+    signed = args.tpm2_public_key_pcrs is not None
+    selection = parse_pcrs(args.tpm2_pcrs if args.tpm2_pcrs is not None else ("" if signed else "7"))
     if args.recovery_key and (args.tpm2_with_pin or args.replace):
         raise UsageError("--recovery-key cannot be combined with --tpm2-with-pin or --replace")
+    if signed and (args.token_type == "systemd-tpm2" or args.recovery_key):
+        raise UsageError("--tpm2-public-key-pcrs cannot be combined with --token-type=systemd-tpm2 or --recovery-key")
     if args.token_type == "systemd-tpm2" and (args.replace or args.wipe_slot or args.recovery_key):
         raise UsageError("--token-type=systemd-tpm2 cannot be combined with --replace, --wipe-slot or --recovery-key")
     volume.check_exists()  # fail early on a wrong device, before asking for secrets
@@ -118,6 +138,16 @@ def _enroll_locked(
             from tpmseal.interop.systemd_tpm2 import enroll_systemd_tpm2
 
             result = enroll_systemd_tpm2(volume, key, args.tpm2_device, selection, pin)
+        elif args.tpm2_public_key_pcrs is not None:
+            from tpmseal.tpm.pcrs import parse_pcrs
+            from tpmseal.update.signed import enroll_signed
+
+            fixed = selection if args.tpm2_pcrs is not None else None
+            result = enroll_signed(
+                volume, key, args.tpm2_device, parse_pcrs(args.tpm2_public_key_pcrs), fixed, pin,
+                key_path=args.private_key, replace=args.replace, wipe_spec=wipe_spec, force=args.force,
+                volume_binding=not args.no_volume_binding, header=header,
+            )  # fmt: skip
         else:
             result = enroll_tpm(
                 volume, key, args.tpm2_device, selection, pin, args.replace, wipe_spec, args.force,
@@ -347,9 +377,21 @@ def build_parser() -> argparse.ArgumentParser:
     tpm(e)
     e.add_argument(
         "--tpm2-pcrs",
-        default="7",
+        default=None,
         metavar="PCRS",
         help="PCRs to bind to: 7+11, 7:sha256, 7:sha256=HEX (default 7; '' for none)",
+    )
+    e.add_argument(
+        "--tpm2-public-key-pcrs",
+        default=None,
+        metavar="PCRS",
+        help="PCRs bound through signed policies (PolicyAuthorize), so 'tpmseal reseal' can approve new values",
+    )
+    e.add_argument(
+        "--private-key",
+        default="/etc/tpmseal/policy-key.pem",
+        metavar="FILE",
+        help="policy signing key for --tpm2-public-key-pcrs (created if missing)",
     )
     e.add_argument(
         "--tpm2-with-pin",
@@ -434,15 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.set_defaults(func=cmd_askpass_agent)
 
-    from tpmseal.config.command import register as register_config
-
-    register_config(sub)
-
     mv = sub.add_parser("measure-volumes", help="extend PCR 15 with the unlocked volumes (end of initramfs unlock)")
     tpm(mv)
     mv.add_argument("--pcr", type=int, default=15, choices=range(24), metavar="N", help="the PCR to extend (15)")
     mv.set_defaults(func=cmd_measure_volumes)
 
+    # commands that live in their own packages (imported at the top: they import nothing heavy)
+    for register in COMMAND_REGISTRARS:
+        register(sub)
 
     d = sub.add_parser("demo", help="run the whole job on a private swtpm and a LUKS2 image file")
     d.add_argument("--keep", action="store_true", help="keep the temporary directory")

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 from tpmseal.errors import TpmsealError, VolumeError
 
+DEFAULT_TIMEOUT = 30.0
+
 
 class VolumeBusy(TpmsealError):
     default_hint = "another tpmseal is changing this volume; try again when it has finished"
@@ -35,7 +37,13 @@ def _lock_dir() -> str:
 
 
 @contextmanager
-def volume_lock(path: str, timeout: float = 30.0) -> Iterator[None]:
+def volume_lock(path: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the volume's lock; wait up to ``timeout`` seconds (default: $TPMSEAL_LOCK_TIMEOUT, else 30)."""
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get("TPMSEAL_LOCK_TIMEOUT", "") or DEFAULT_TIMEOUT)
+        except ValueError:
+            timeout = DEFAULT_TIMEOUT
     try:
         st = os.stat(path)
     except OSError as e:

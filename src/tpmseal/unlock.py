@@ -48,13 +48,18 @@ def keyslot_passphrase(raw: Secret) -> Secret:
 
 def read_pcrs(esapi: ESAPI, selection: PcrSelection) -> dict[int, bytes]:
     """Current values of the selected PCRs (one bank); PCR_Read returns at most 8 per call."""
-    from tpm2_pytss import TPML_PCR_SELECTION
+    from tpm2_pytss import TPML_PCR_SELECTION, TSS2_Exception
+
+    from tpmseal.tpm.device import tpm_error
 
     out: dict[int, bytes] = {}
     pending = list(selection.indexes)
     while pending:
         spec = f"{selection.bank}:" + ",".join(str(i) for i in pending)
-        _, sel, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(spec))
+        try:
+            _, sel, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(spec))
+        except TSS2_Exception as e:
+            raise tpm_error(e, "reading the PCRs") from None
         got = [i for i in pending if sel.pcrSelections[0].pcrSelect[i // 8] & (1 << (i % 8))] if sel.count else []
         if not got:
             break
@@ -76,6 +81,10 @@ def unseal_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None)
     """
     if not token.seals:
         raise TokenCorrupt("token has no seals")
+    if any(s.signed is not None for s in token.seals):  # kind "authorize": signed policies
+        from tpmseal.update.signed import unseal_signed_token
+
+        return unseal_signed_token(esapi, token, pin)
     candidates = list(token.seals)
     if len(candidates) > 1:
         current = read_pcrs(esapi, candidates[0].pcrs) if candidates[0].pcrs.pcrs else {}

@@ -53,3 +53,12 @@ def test_measurement_extends_every_active_bank_once_per_event(other_swtpm: Swtpm
     run_cli("measure-volumes", f"--tpm2-device={other_swtpm.tcti}")  # no dm volumes on this host
     expect = hashlib.sha256(bytes(32) + hashlib.sha256(SEPARATOR).digest()).digest()
     assert other_swtpm.pcr(15) == expect
+
+
+def test_enroll_with_signed_pcr_policy_from_the_cli(image: Image, other_swtpm: Swtpm, tmp_path) -> None:
+    key = tmp_path / "policy-key.pem"
+    r = enroll(image, other_swtpm, "--tpm2-public-key-pcrs=7", f"--private-key={key}")
+    assert r["verified"] == "unsealed" and key.exists() and (key.stat().st_mode & 0o777) == 0o400
+    run_cli("test-unlock", image.dev, f"--tpm2-device={other_swtpm.tcti}")
+    other_swtpm.extend(7, b"new secure boot state")
+    run_cli("test-unlock", image.dev, f"--tpm2-device={other_swtpm.tcti}", check=5)

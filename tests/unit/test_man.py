@@ -161,12 +161,16 @@ def test_subcommand_page_documents_every_option(sub: str) -> None:
     assert mentions(synopsis, f"tpmseal {sub}"), f"{page.name}: SYNOPSIS does not show 'tpmseal {sub}'"
 
 
+# pages of programs and services that are not subcommands (the credential server's page)
+NOT_SUBCOMMANDS = {"credd"}
+
+
 def test_no_page_for_a_subcommand_that_does_not_exist() -> None:
     stray = [
         p.name
         for p in PAGES
         if p.name.startswith("tpmseal-") and p.name.endswith(".8.rst")
-        and p.name.removeprefix("tpmseal-").removesuffix(".8.rst") not in SUBCOMMANDS
+        and p.name.removeprefix("tpmseal-").removesuffix(".8.rst") not in {*SUBCOMMANDS, *NOT_SUBCOMMANDS}
     ]  # fmt: skip
     assert not stray, f"man pages for commands the CLI does not have: {', '.join(stray)}"
 

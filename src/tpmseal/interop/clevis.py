@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tpmseal.errors import TokenCorrupt, TokenUnsupported
-from tpmseal.luks.tokens import CLEVIS_TYPE
+from tpmseal.luks.tokens import CLEVIS_TYPE, is_number
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import BANKS, PCR_COUNT, Pcr, PcrSelection
 from tpmseal.tpm.seal import SealedObject
@@ -90,7 +90,7 @@ def parse_jwe(jwe: Any) -> ClevisJwe:
     protected = jwe["protected"]
     try:
         header = json.loads(b64url(protected, "jwe.protected"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise _fail("jwe.protected", "not JSON") from None
     if not isinstance(header, dict):
         raise _fail("jwe.protected", "expected an object")
@@ -128,7 +128,8 @@ def _refuse_pin(pin: str, cfg: dict[str, Any]) -> TokenUnsupported:
         inner = []
         for j in cfg.get("jwe", []) if isinstance(cfg.get("jwe"), list) else []:
             try:
-                inner_pin = parse_jwe(j).header.get("clevis", {}).get("pin")
+                inner_clevis = parse_jwe(j).header.get("clevis")
+                inner_pin = inner_clevis.get("pin") if isinstance(inner_clevis, dict) else None
             except TokenCorrupt:
                 inner_pin = None
             inner.append(str(inner_pin or "?"))
@@ -151,7 +152,7 @@ def _pcr_ids(v: Any) -> tuple[int, ...]:
     out = set()
     for s in items:
         text = str(s)
-        if not text.isdigit() or not 0 <= int(text) < PCR_COUNT:
+        if not is_number(text) or not 0 <= int(text) < PCR_COUNT:
             raise _fail("pcr_ids", f"invalid PCR '{text}'")
         out.add(int(text))
     return tuple(sorted(out))
@@ -165,7 +166,7 @@ def parse_clevis(data: Any) -> ClevisTpm2Token:
     jwe = parse_jwe(data["jwe"])
     if jwe.header.get("alg") != "dir":
         raise TokenUnsupported(f"{TYPE} token: JWE alg {jwe.header.get('alg')!r} is not supported (clevis uses 'dir')")
-    if jwe.header.get("enc") not in ENC_KEY_BYTES:
+    if not isinstance(jwe.header.get("enc"), str) or jwe.header["enc"] not in ENC_KEY_BYTES:
         raise TokenUnsupported(f"{TYPE} token: JWE enc {jwe.header.get('enc')!r} is not supported")
     if jwe.header.get("zip"):
         raise TokenUnsupported(f"{TYPE} token: compressed JWE payloads are not supported")
@@ -186,7 +187,7 @@ def parse_clevis(data: Any) -> ClevisTpm2Token:
     if not isinstance(bank, str) or bank not in BANKS:
         raise TokenUnsupported(f"{TYPE} token: tpm2 pin field 'pcr_bank' = {bank!r} is not supported")
     ks = data.get("keyslots")
-    if not isinstance(ks, list) or not all(isinstance(s, str) and s.isdigit() for s in ks):
+    if not isinstance(ks, list) or not all(is_number(s) for s in ks):
         raise _fail("keyslots", "expected a list of keyslot numbers as strings")
     sealed = SealedObject(b64url(cfg.get("jwk_priv"), "jwk_priv"), b64url(cfg.get("jwk_pub"), "jwk_pub"))
     return ClevisTpm2Token(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt, TokenUnsupported, TpmsealError, WrongTpm
-from tpmseal.luks.tokens import SYSTEMD_TPM2_TYPE
+from tpmseal.luks.tokens import SYSTEMD_TPM2_TYPE, is_number
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import BANKS, PCR_COUNT, Pcr, PcrSelection
 from tpmseal.tpm.seal import SealedObject
@@ -144,7 +144,7 @@ def parse_systemd_tpm2(data: Any) -> SystemdTpm2Token:
     if unknown:
         raise _unsupported(unknown[0], "a field this version of tpmseal does not know")
     ks = data.get("keyslots")
-    if not isinstance(ks, list) or not all(isinstance(s, str) and s.isdigit() for s in ks):
+    if not isinstance(ks, list) or not all(is_number(s) for s in ks):
         raise _fail("keyslots", "expected a list of keyslot numbers as strings")
     for required in ("tpm2-blob", "tpm2-pcrs", "tpm2-policy-hash"):
         if required not in data:

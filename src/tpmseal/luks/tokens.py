@@ -10,7 +10,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from tpmseal.errors import TokenCorrupt, TokenUnsupported
 from tpmseal.tpm.pcrs import BANKS, PCR_COUNT, Pcr, PcrSelection
@@ -28,7 +28,35 @@ TOP_KEYS = {"type", "keyslots", "version", "created", "luks_uuid", "srk", "seals
 SRK_KEYS = {"handle", "name", "esys_tr"}
 SEAL_KEYS = {"kind", "label", "pcr_bank", "pcrs", "policy_digest", "pin", "pin_salt", "private", "public"}
 PCR_KEYS = {"index", "value"}
-SEAL_KINDS = {"pcr"}
+SEAL_KINDS = {"pcr", "authorize"}
+# kind "authorize" (signed policies, see docs/token-format.md and tpmseal/update/signed.py)
+AUTHORIZE_KEYS = {
+    "kind", "label", "pcr_bank", "pcrs", "public_key", "key_name", "policy_ref", "policy_digest",
+    "pin", "pin_salt", "private", "public", "approved",
+}  # fmt: skip
+APPROVAL_KEYS = {"label", "created", "pcrs", "policy", "signature"}
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One signed policy of an ``authorize`` seal: PolicyPCR over ``pcrs``, approved by the policy key."""
+
+    label: str  # current, next-boot, …
+    created: str
+    pcrs: PcrSelection  # every PCR has its expected value
+    policy: bytes  # the approved policy: PolicyPCR digest of ``pcrs`` (from a zero digest)
+    signature: bytes  # ECDSA P-256 (DER) over SHA-256(policy || policy_ref)
+
+
+@dataclass(frozen=True)
+class SignedPolicy:
+    """What an ``authorize`` seal adds: the key its policies are signed with, and the signed policies."""
+
+    public_key: bytes  # TPM2B_PUBLIC of the ECC P-256 signing key, marshaled (for LoadExternal)
+    key_name: bytes  # its TPM name; the sealed object's authPolicy names it
+    policy_ref: bytes
+    fixed: PcrSelection  # PCRs bound directly (PolicyPCR after PolicyAuthorize); usually none
+    approved: tuple[Approval, ...]
 
 
 @dataclass(frozen=True)
@@ -36,11 +64,12 @@ class Seal:
     """One sealed copy of the volume key, openable under one policy."""
 
     label: str
-    pcrs: PcrSelection  # every PCR has its expected value
+    pcrs: PcrSelection  # every PCR has its expected value (authorize: fixed + the first approval's)
     policy_digest: bytes
     pin: bool
     pin_salt: bytes | None
     sealed: SealedObject
+    signed: SignedPolicy | None = None  # kind "authorize"; None = kind "pcr"
 
 
 @dataclass(frozen=True)
@@ -105,10 +134,54 @@ def _hex(v: Any, where: str, size: int | None = None) -> bytes:
     return b
 
 
+def is_number(s: Any) -> TypeGuard[str]:
+    """A keyslot number as LUKS2 JSON writes it: ASCII digits (``str.isdigit`` also takes '²', which
+    ``int()`` refuses), and short enough for ``int()`` (which refuses more than 4300 digits)."""
+    return isinstance(s, str) and s.isascii() and s.isdigit() and len(s) <= 9
+
+
 def _keyslots(v: Any) -> tuple[int, ...]:
-    if not isinstance(v, list) or not all(isinstance(s, str) and s.isdigit() for s in v):
+    if not isinstance(v, list) or not all(is_number(s) for s in v):
         raise _fail("keyslots", "expected a list of keyslot numbers as strings")
     return tuple(int(s) for s in v)
+
+
+def _pcr_list(v: Any, where: str, bank: str) -> PcrSelection:
+    if not isinstance(v, list):
+        raise _fail(where, "expected a list")
+    pcrs: list[Pcr] = []
+    for j, p in enumerate(v):
+        pw = f"{where}[{j}]"
+        pd = _obj(p, pw, PCR_KEYS, PCR_KEYS)
+        index = _int(pd["index"], f"{pw}.index")
+        if not 0 <= index < PCR_COUNT or (pcrs and index <= pcrs[-1].index):
+            raise _fail(f"{pw}.index", "PCR indexes must be 0-23, ascending, each once")
+        pcrs.append(Pcr(index, _hex(pd["value"], f"{pw}.value", BANKS[bank][0])))
+    return PcrSelection(bank, tuple(pcrs))
+
+
+def _approval(v: Any, where: str, bank: str) -> Approval:
+    from tpmseal.tpm.policy import policy_digest
+
+    d = _obj(v, where, APPROVAL_KEYS, APPROVAL_KEYS)
+    pcrs = _pcr_list(d["pcrs"], f"{where}.pcrs", bank)
+    if not pcrs.pcrs:
+        raise _fail(f"{where}.pcrs", "an approved policy binds at least one PCR")
+    policy = _hex(d["policy"], f"{where}.policy", 32)
+    if policy != policy_digest(pcrs, False):
+        raise _fail(f"{where}.policy", "does not match the PolicyPCR digest of its PCR values")
+    return Approval(
+        label=_str(d["label"], f"{where}.label"),
+        created=_str(d["created"], f"{where}.created"),
+        pcrs=pcrs,
+        policy=policy,
+        signature=_b64(d["signature"], f"{where}.signature"),
+    )
+
+
+def _merge(a: PcrSelection, b: PcrSelection) -> PcrSelection:
+    merged = {p.index: p for p in (*a.pcrs, *b.pcrs)}
+    return PcrSelection(a.bank, tuple(merged[i] for i in sorted(merged)))
 
 
 def _seal(v: Any, i: int) -> Seal:
@@ -116,20 +189,28 @@ def _seal(v: Any, i: int) -> Seal:
     kind = v.get("kind") if isinstance(v, dict) else None
     if isinstance(kind, str) and kind not in SEAL_KINDS:
         raise TokenUnsupported(f"{NATIVE_TYPE} token: {where}: policy kind '{kind}' is not supported")
-    d = _obj(v, where, SEAL_KEYS, SEAL_KEYS - {"label", "pin_salt"})
+    authorize = kind == "authorize"
+    keys = AUTHORIZE_KEYS if authorize else SEAL_KEYS
+    d = _obj(v, where, keys, keys - {"label", "pin_salt"})
     bank = _str(d["pcr_bank"], f"{where}.pcr_bank")
     if bank not in BANKS:
         raise TokenUnsupported(f"{NATIVE_TYPE} token: {where}: PCR bank '{bank}' is not supported")
-    if not isinstance(d["pcrs"], list):
-        raise _fail(f"{where}.pcrs", "expected a list")
-    pcrs: list[Pcr] = []
-    for j, p in enumerate(d["pcrs"]):
-        pw = f"{where}.pcrs[{j}]"
-        pd = _obj(p, pw, PCR_KEYS, PCR_KEYS)
-        index = _int(pd["index"], f"{pw}.index")
-        if not 0 <= index < PCR_COUNT or (pcrs and index <= pcrs[-1].index):
-            raise _fail(f"{pw}.index", "PCR indexes must be 0-23, ascending, each once")
-        pcrs.append(Pcr(index, _hex(pd["value"], f"{pw}.value", BANKS[bank][0])))
+    selection = _pcr_list(d["pcrs"], f"{where}.pcrs", bank)
+    signed: SignedPolicy | None = None
+    if authorize:
+        approved = d["approved"]
+        if not isinstance(approved, list) or not approved:
+            raise _fail(f"{where}.approved", "expected a non-empty list")
+        signed = SignedPolicy(
+            public_key=_b64(d["public_key"], f"{where}.public_key"),
+            key_name=_hex(d["key_name"], f"{where}.key_name", 34),
+            policy_ref=_hex(d["policy_ref"], f"{where}.policy_ref"),
+            fixed=selection,
+            approved=tuple(_approval(a, f"{where}.approved[{j}]", bank) for j, a in enumerate(approved)),
+        )
+        if len(signed.policy_ref) > 32:
+            raise _fail(f"{where}.policy_ref", "at most 32 bytes")
+        selection = _merge(signed.approved[0].pcrs, selection)
     pin = d["pin"]
     if not isinstance(pin, bool):
         raise _fail(f"{where}.pin", "expected true or false")
@@ -139,11 +220,12 @@ def _seal(v: Any, i: int) -> Seal:
         raise _fail(f"{where}.pin_salt", "a PIN-protected seal needs a salt")
     return Seal(
         label=_str(d.get("label", ""), f"{where}.label"),
-        pcrs=PcrSelection(bank, tuple(pcrs)),
+        pcrs=selection,
         policy_digest=_hex(d["policy_digest"], f"{where}.policy_digest", 32),
         pin=pin,
         pin_salt=pin_salt,
         sealed=SealedObject(_b64(d["private"], f"{where}.private"), _b64(d["public"], f"{where}.public")),
+        signed=signed,
     )
 
 
@@ -189,23 +271,43 @@ def render_native(token: NativeToken) -> dict[str, Any]:
             "name": token.srk.name.hex(),
             "esys_tr": base64.b64encode(token.srk.serialized).decode(),
         },
-        "seals": [
-            {
-                "kind": "pcr",
-                "label": s.label,
-                "pcr_bank": s.pcrs.bank,
-                "pcrs": [{"index": p.index, "value": (p.value or b"").hex()} for p in s.pcrs.pcrs],
-                "policy_digest": s.policy_digest.hex(),
-                "pin": s.pin,
-                "pin_salt": base64.b64encode(s.pin_salt).decode() if s.pin_salt else None,
-                "private": base64.b64encode(s.sealed.private).decode(),
-                "public": base64.b64encode(s.sealed.public).decode(),
-            }
-            for s in token.seals
-        ],
+        "seals": [_render_seal(s) for s in token.seals],
     }
     if token.luks_uuid is not None:
         out["luks_uuid"] = token.luks_uuid
+    return out
+
+
+def _render_pcrs(selection: PcrSelection) -> list[dict[str, Any]]:
+    return [{"index": p.index, "value": (p.value or b"").hex()} for p in selection.pcrs]
+
+
+def _render_seal(s: Seal) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "kind": "pcr" if s.signed is None else "authorize",
+        "label": s.label,
+        "pcr_bank": s.pcrs.bank,
+        "pcrs": _render_pcrs(s.pcrs if s.signed is None else s.signed.fixed),
+        "policy_digest": s.policy_digest.hex(),
+        "pin": s.pin,
+        "pin_salt": base64.b64encode(s.pin_salt).decode() if s.pin_salt else None,
+        "private": base64.b64encode(s.sealed.private).decode(),
+        "public": base64.b64encode(s.sealed.public).decode(),
+    }
+    if s.signed is not None:
+        out["public_key"] = base64.b64encode(s.signed.public_key).decode()
+        out["key_name"] = s.signed.key_name.hex()
+        out["policy_ref"] = s.signed.policy_ref.hex()
+        out["approved"] = [
+            {
+                "label": a.label,
+                "created": a.created,
+                "pcrs": _render_pcrs(a.pcrs),
+                "policy": a.policy.hex(),
+                "signature": base64.b64encode(a.signature).decode(),
+            }
+            for a in s.signed.approved
+        ]
     return out
 
 
@@ -222,7 +324,7 @@ def pending_marker(keyslot: int) -> dict[str, Any]:
 
 def pending_keyslot(data: dict[str, Any]) -> int | None:
     ks = data.get("keyslot")
-    return int(ks) if isinstance(ks, str) and ks.isdigit() else None
+    return int(ks) if is_number(ks) else None
 
 
 def recovery_marker(keyslot: int) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def parse_index(text: str) -> int:
     text = text.strip().lower()
     if text in PCR_NAMES:
         return PCR_NAMES[text]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):  # int() refuses '²' and 4300+ digits
         raise UsageError(f"invalid PCR '{text}': expected a number 0-23 or a name like secure-boot-policy")
     i = int(text)
     if not 0 <= i < PCR_COUNT:

@@ -87,7 +87,8 @@ def seal(esapi: ESAPI, srk: Any, secret: Secret, policy: bytes, auth: Secret | N
         raise tpm_error(e, "sealing the key") from None
     finally:
         if session != ESYS_TR.NONE:
-            esapi.flush_context(session)
+            with contextlib.suppress(TSS2_Exception):  # the TPM may be gone: keep the error that says so
+                esapi.flush_context(session)
         sensitive.sensitive.data.buffer = bytes(len(secret))  # best effort: wipe the C copy
     return SealedObject(bytes(private.marshal()), bytes(public_out.marshal()))
 

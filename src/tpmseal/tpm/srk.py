@@ -11,6 +11,7 @@ private key cannot decrypt the salt, so a swapped SRK cannot read the unsealed k
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,11 @@ def ensure_srk(esapi: ESAPI) -> tuple[Any, SrkRef]:
             raise tpm_error(e, "reading the SRK") from None
         tr = None
     if tr is not None:
-        public, _, _ = esapi.read_public(tr)
+        try:
+            public, _, _ = esapi.read_public(tr)
+        except TSS2_Exception as e:
+            esapi.tr_close(tr)
+            raise tpm_error(e, "reading the SRK") from None
         if not _is_storage_key(public):
             esapi.tr_close(tr)
             raise TpmError(
@@ -81,7 +86,8 @@ def ensure_srk(esapi: ESAPI) -> tuple[Any, SrkRef]:
         except TSS2_Exception as e:
             raise tpm_error(e, f"persisting the SRK at {SRK_HANDLE:#x}") from None
         finally:
-            esapi.flush_context(transient)
+            with contextlib.suppress(TSS2_Exception):  # the TPM may be gone: keep the error that says so
+                esapi.flush_context(transient)
     name = bytes(esapi.tr_get_name(tr))
     return tr, SrkRef(SRK_HANDLE, name, bytes(esapi.tr_serialize(tr)))
 
@@ -92,9 +98,10 @@ def srk_from_ref(esapi: ESAPI, ref: SrkRef) -> Any:
 
     try:
         tr = esapi.tr_deserialize(ref.serialized)
-    except TSS2_Exception:
+        matches = bytes(esapi.tr_get_name(tr)) == ref.name and int(esapi.tr_get_tpm_handle(tr)) == ref.handle
+    except (TSS2_Exception, ValueError, TypeError):
         raise WrongTpm("the token's SRK reference cannot be read", "the token may be damaged") from None
-    if bytes(esapi.tr_get_name(tr)) != ref.name or int(esapi.tr_get_tpm_handle(tr)) != ref.handle:
+    if not matches:
         esapi.tr_close(tr)
         raise WrongTpm("the token's SRK reference does not match its recorded name")
     return tr
