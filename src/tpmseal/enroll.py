@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tpmseal.errors import NoFreeKeyslot, Refused, TpmsealError
 from tpmseal.inventory import orphan_keyslots, orphan_tokens
@@ -23,16 +24,15 @@ from tpmseal.luks.tokens import (
     NativeToken,
     Seal,
     now,
-    parse_native,
     pending_marker,
     recovery_marker,
     render_native,
 )
-from tpmseal.luks.volume import Header, Volume
+from tpmseal.luks.volume import Header, Token, Volume
 from tpmseal.recovery import generate_recovery_key
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import PcrSelection
-from tpmseal.unlock import PinSource, keyslot_passphrase, read_pcrs, unseal_token
+from tpmseal.unlock import PinSource, TokenOpener, keyslot_passphrase, read_pcrs
 from tpmseal.wipe import WipeSpec, remove_keyslot, select, wipe
 
 if TYPE_CHECKING:
@@ -57,13 +57,6 @@ class EnrollResult:
     replaced_keyslots: list[int] = field(default_factory=list)
     wiped_keyslots: list[int] = field(default_factory=list)
     cleaned_up: list[str] = field(default_factory=list)
-
-
-def check_unlock_key(volume: Volume, key: Secret) -> None:
-    from tpmseal.errors import BadUnlockKey
-
-    if not volume.test_key(key.buffer):
-        raise BadUnlockKey(f"the given passphrase or key does not open {volume.path}")
 
 
 def clean_up_interrupted(volume: Volume, header: Header) -> list[str]:
@@ -111,28 +104,28 @@ def add_with_token(
     volume.import_token(token, token_id, replace=True)
 
 
-def enroll_tpm(
+# Seals the fresh key under one kind of policy: (esapi, SRK, key, PIN authValue or None, PIN salt or None)
+# -> (the seal for the token, whether its policy holds for the current PCR values).
+SealMaker = Callable[["ESAPI", Any, Secret, "Secret | None", "bytes | None"], tuple[Seal, bool]]
+
+
+def enroll_native(
     volume: Volume,
     unlock_key: Secret,
     tpm_device: str,
-    selection: PcrSelection,
+    make_seal: SealMaker,
     pin: Secret | None = None,
     replace: bool = False,
     wipe_spec: WipeSpec | None = None,
     force: bool = False,
-    volume_binding: bool = True,
     header: Header | None = None,
 ) -> EnrollResult:
-    """Seal a fresh key for ``selection`` (plus PCR 15 at its boot-time value unless ``volume_binding``
-    is off, see boot/measure.py) and add it as a keyslot with a native token."""
-    from tpmseal.boot.measure import bind_volume
+    """Steps 2-7 for a native token, whatever the policy kind (``make_seal`` computes and seals it)."""
     from tpmseal.tpm.device import open_tpm
-    from tpmseal.tpm.policy import policy_digest
-    from tpmseal.tpm.seal import pin_auth, seal
+    from tpmseal.tpm.seal import pin_auth
     from tpmseal.tpm.srk import ensure_srk
+    from tpmseal.unlock import open_native
 
-    if volume_binding:
-        selection = bind_volume(selection)
     if header is None:
         header = volume.header()
     old = [t for t in header.tokens.values() if t.type == NATIVE_TYPE and t.keyslots]
@@ -150,35 +143,68 @@ def enroll_tpm(
 
     with open_tpm(tpm_device) as esapi:
         srk_tr, srk_ref = ensure_srk(esapi)
-        missing = tuple(p.index for p in selection.pcrs if p.value is None)
-        current = read_pcrs(esapi, PcrSelection(selection.bank, selection.pcrs)) if selection.pcrs else {}
-        full = selection.with_values(current) if missing else selection
-        is_current = all(current.get(p.index) == p.value for p in full.pcrs)
-        policy = policy_digest(full, pin is not None)
         salt = os.urandom(PIN_SALT_BYTES) if pin is not None else None
         auth = pin_auth(pin.buffer, salt) if pin is not None and salt is not None else None
         with Secret.random(KEY_BYTES) as key:
             try:
-                sealed = seal(esapi, srk_tr, key, policy, auth)
+                new_seal, is_current = make_seal(esapi, srk_tr, key, auth, salt)
             finally:
                 if auth is not None:
                     auth.close()
                 esapi.tr_close(srk_tr)
-            native = NativeToken(
-                keyslots=(),
-                created=now(),
-                srk=srk_ref,
-                seals=(Seal("enrolled", full, policy, pin is not None, salt, sealed),),
-                luks_uuid=uuid,
-            )
+            native = NativeToken(keyslots=(), created=now(), srk=srk_ref, seals=(new_seal,), luks_uuid=uuid)
             with keyslot_passphrase(key) as phrase:
                 add_with_token(volume, unlock_key, phrase, slot, token_id, render_native(native))
-                verified = _prove(volume, esapi, slot, token_id, phrase, pin, is_current)
+                verified = prove(volume, esapi, slot, token_id, phrase, open_native if is_current else None, pin)
 
     result = EnrollResult(
-        volume.path, slot, token_id, NATIVE_TYPE, full.format(), full.bank, pin is not None, verified,
-        cleaned_up=cleaned,
+        volume.path, slot, token_id, NATIVE_TYPE, new_seal.pcrs.format(), new_seal.pcrs.bank, pin is not None,
+        verified, cleaned_up=cleaned,
     )  # fmt: skip
+    return finish(volume, result, old, wipe_spec, tpm_device, force)
+
+
+def enroll_tpm(
+    volume: Volume,
+    unlock_key: Secret,
+    tpm_device: str,
+    selection: PcrSelection,
+    pin: Secret | None = None,
+    replace: bool = False,
+    wipe_spec: WipeSpec | None = None,
+    force: bool = False,
+    volume_binding: bool = True,
+    header: Header | None = None,
+) -> EnrollResult:
+    """Seal a fresh key for ``selection`` (plus PCR 15 at its boot-time value unless ``volume_binding``
+    is off, see boot/measure.py) and add it as a keyslot with a native token."""
+    from tpmseal.boot.measure import bind_volume
+    from tpmseal.tpm.policy import policy_digest
+    from tpmseal.tpm.seal import seal
+
+    if volume_binding:
+        selection = bind_volume(selection)
+
+    def make_seal(esapi: ESAPI, srk: Any, key: Secret, auth: Secret | None, salt: bytes | None) -> tuple[Seal, bool]:
+        current = read_pcrs(esapi, selection) if selection.pcrs else {}
+        full = selection.with_values(current)
+        policy = policy_digest(full, pin is not None)
+        sealed = seal(esapi, srk, key, policy, auth)
+        is_current = all(current.get(p.index) == p.value for p in full.pcrs)
+        return Seal("enrolled", full, policy, pin is not None, salt, sealed), is_current
+
+    return enroll_native(volume, unlock_key, tpm_device, make_seal, pin, replace, wipe_spec, force, header)
+
+
+def finish(
+    volume: Volume,
+    result: EnrollResult,
+    old: list[Token],
+    wipe_spec: WipeSpec | None,
+    tpm_device: str,
+    force: bool,
+) -> EnrollResult:
+    """Step 7, once the new keyslot is proven: remove the replaced tokens and keyslots, then wipe."""
     if old:
         header = volume.header()
     for t in old:
@@ -192,36 +218,35 @@ def enroll_tpm(
     if wipe_spec is not None:
         header = volume.header()
         result.wiped_keyslots = wipe(
-            volume, header, select(volume, header, wipe_spec, frozenset({slot})), tpm_device, force
+            volume, header, select(volume, header, wipe_spec, frozenset({result.keyslot})), tpm_device, force
         )
     return result
 
 
-def _prove(
+def prove(
     volume: Volume,
     esapi: ESAPI,
     slot: int,
     token_id: int,
     phrase: Secret,
+    opener: TokenOpener | None,
     pin: Secret | None,
-    is_current: bool,
 ) -> str:
-    """Step 6. On failure the new keyslot and token are removed again and the error is raised."""
+    """Step 6: open the token as written in the header with ``opener`` (None when its policy does not
+    hold now) and test the key against its keyslot. On failure the new keyslot and token are removed
+    again and the error is raised."""
     try:
-        header = volume.header()
-        token = parse_native(header.tokens[token_id].data)
-        if is_current:
+        if opener is not None:
             pin_copy: PinSource | None = (lambda: bytearray(pin.buffer)) if pin is not None else None
-            with unseal_token(esapi, token, pin_copy) as raw, keyslot_passphrase(raw) as again:
+            with opener(esapi, volume.header().tokens[token_id].data, pin_copy) as again:
                 if again != phrase:
                     raise TpmsealError("the key unsealed from the new token differs from the one sealed")
         if not volume.test_key(phrase.buffer, slot):
             raise TpmsealError(f"the new key does not open keyslot {slot}")
-        return "unsealed" if is_current else "key-only"
+        return "unsealed" if opener is not None else "key-only"
     except BaseException:
         log.error("enrollment could not be proven; removing keyslot %d and token %d again", slot, token_id)
-        header = volume.header()
-        remove_keyslot(volume, header, slot)
+        remove_keyslot(volume, volume.header(), slot)
         if token_id in volume.header().tokens:
             volume.remove_token(token_id)
         raise
@@ -230,7 +255,6 @@ def _prove(
 def enroll_recovery(volume: Volume, unlock_key: Secret) -> tuple[EnrollResult, Secret]:
     """Add a generated recovery key; the caller prints it once. It is never stored."""
     header = volume.header()
-    check_unlock_key(volume, unlock_key)
     slot, token_id = free_slots(volume, header)
     key = generate_recovery_key()
     try:

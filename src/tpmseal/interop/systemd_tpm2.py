@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt, TokenUnsupported, TpmsealError, WrongTpm
+from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt, TokenUnsupported, WrongTpm
 from tpmseal.luks.tokens import SYSTEMD_TPM2_TYPE, is_number
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import BANKS, PCR_COUNT, Pcr, PcrSelection
@@ -306,7 +306,7 @@ def enroll_systemd_tpm2(
     passphrase; no tpm2_srk / tpm2_salt, which systemd 252 does not read. Same crash-safe order as
     enroll.py: pending marker, luksAddKey, the token in place of the marker, then proof.
     """
-    from tpmseal.enroll import EnrollResult, add_with_token, check_unlock_key, clean_up_interrupted, free_slots
+    from tpmseal.enroll import EnrollResult, add_with_token, clean_up_interrupted, free_slots, prove
     from tpmseal.interop.primary import legacy_primary
     from tpmseal.tpm.device import open_tpm
     from tpmseal.tpm.policy import policy_digest
@@ -314,7 +314,6 @@ def enroll_systemd_tpm2(
     from tpmseal.unlock import keyslot_passphrase, read_pcrs
 
     header = volume.header()
-    check_unlock_key(volume, unlock_key)
     cleaned = clean_up_interrupted(volume, header)
     if cleaned:
         header = volume.header()
@@ -339,32 +338,8 @@ def enroll_systemd_tpm2(
             )  # fmt: skip
             with keyslot_passphrase(key) as phrase:
                 add_with_token(volume, unlock_key, phrase, slot, token_id, render_systemd_tpm2(token))
-                verified = _prove(volume, esapi, slot, token_id, phrase, pin, is_current)
+                opener = open_systemd_tpm2 if is_current else None
+                verified = prove(volume, esapi, slot, token_id, phrase, opener, pin)
     return EnrollResult(
         volume.path, slot, token_id, TYPE, full.format(), full.bank, pin is not None, verified, cleaned_up=cleaned
     )
-
-
-def _prove(
-    volume: Volume, esapi: ESAPI, slot: int, token_id: int, phrase: Secret, pin: Secret | None, is_current: bool
-) -> str:
-    """Unseal from the token as written in the header and test the key; undo the enrollment on failure."""
-    from tpmseal.unlock import keyslot_passphrase
-    from tpmseal.wipe import remove_keyslot
-
-    try:
-        token = parse_systemd_tpm2(volume.header().tokens[token_id].data)
-        if is_current:
-            src: PinSource | None = (lambda: bytearray(pin.buffer)) if pin is not None else None
-            with unseal_systemd_tpm2(esapi, token, src) as raw, keyslot_passphrase(raw) as again:
-                if again != phrase:
-                    raise TpmsealError("the key unsealed from the new token differs from the one sealed")
-        if not volume.test_key(phrase.buffer, slot):
-            raise TpmsealError(f"the new key does not open keyslot {slot}")
-        return "unsealed" if is_current else "key-only"
-    except BaseException:
-        log.error("enrollment could not be proven; removing keyslot %d and token %d again", slot, token_id)
-        remove_keyslot(volume, volume.header(), slot)
-        if token_id in volume.header().tokens:
-            volume.remove_token(token_id)
-        raise

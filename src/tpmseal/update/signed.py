@@ -491,23 +491,9 @@ def enroll_signed(
     state is the current one; always a signature check by the TPM and a key test against the keyslot).
     """
     from tpmseal.boot.measure import bind_volume
-    from tpmseal.enroll import (
-        KEY_BYTES,
-        PIN_SALT_BYTES,
-        EnrollResult,
-        _prove,
-        add_with_token,
-        check_unlock_key,
-        clean_up_interrupted,
-        free_slots,
-    )
-    from tpmseal.errors import Refused
-    from tpmseal.luks.tokens import NATIVE_TYPE, render_native
-    from tpmseal.tpm.device import open_tpm
-    from tpmseal.tpm.seal import pin_auth, seal
-    from tpmseal.tpm.srk import ensure_srk
-    from tpmseal.unlock import keyslot_passphrase, read_pcrs
-    from tpmseal.wipe import remove_keyslot, select, wipe
+    from tpmseal.enroll import enroll_native
+    from tpmseal.tpm.seal import seal
+    from tpmseal.unlock import read_pcrs
 
     if not signed_pcrs.pcrs:
         raise UsageError("--tpm2-public-key-pcrs needs at least one PCR")
@@ -518,24 +504,11 @@ def enroll_signed(
         raise UsageError("a PCR cannot be both signed (--tpm2-public-key-pcrs) and fixed (--tpm2-pcrs)")
     if volume_binding:
         signed_pcrs = bind_volume(signed_pcrs)
-    if header is None:
-        header = volume.header()
-    old = [t for t in header.tokens.values() if t.type == NATIVE_TYPE and t.keyslots]
-    if old and not replace:
-        ids = ", ".join(f"token {t.id} (keyslot {', '.join(map(str, t.keyslots))})" for t in old)
-        raise Refused(f"{volume.path} already has a tpmseal token: {ids}", "use --replace to rotate it")
-    check_unlock_key(volume, unlock_key)
-    cleaned = clean_up_interrupted(volume, header)
-    if cleaned:
-        header = volume.header()
-    slot, token_id = free_slots(volume, header)
-    uuid = volume.uuid()
     key, _created = ensure_policy_key(key_path)
     policy_ref = os.urandom(POLICY_REF_BYTES)
+    wanted = PcrSelection(signed_pcrs.bank, tuple(sorted((*signed_pcrs.pcrs, *fixed.pcrs), key=lambda p: p.index)))
 
-    with open_tpm(tpm_device) as esapi:
-        srk_tr, srk_ref = ensure_srk(esapi)
-        wanted = PcrSelection(signed_pcrs.bank, tuple(sorted((*signed_pcrs.pcrs, *fixed.pcrs), key=lambda p: p.index)))
+    def make_seal(esapi: ESAPI, srk: Any, secret: Secret, auth: Secret | None, salt: bytes | None) -> tuple[Seal, bool]:
         current = read_pcrs(esapi, wanted)
         approved_sel = signed_pcrs.with_values(current)
         fixed_full = fixed.with_values(current)
@@ -544,45 +517,9 @@ def enroll_signed(
         approval = make_approval(key, approved_sel, policy_ref, CURRENT)
         signed = SignedPolicy(key.public, key.name, policy_ref, fixed_full, (approval,))
         verify_ticket(esapi, signed, approval)  # the TPM accepts the key and the signature
-        salt = os.urandom(PIN_SALT_BYTES) if pin is not None else None
-        auth = pin_auth(pin.buffer, salt) if pin is not None and salt is not None else None
         merged = PcrSelection(approved_sel.bank, tuple(sorted((*approved_sel.pcrs, *fixed_full.pcrs),
                                                               key=lambda p: p.index)))  # fmt: skip
-        with Secret.random(KEY_BYTES) as secret:
-            try:
-                sealed = seal(esapi, srk_tr, secret, policy, auth)
-            finally:
-                if auth is not None:
-                    auth.close()
-                esapi.tr_close(srk_tr)
-            native = NativeToken(
-                keyslots=(),
-                created=now(),
-                srk=srk_ref,
-                seals=(Seal("enrolled", merged, policy, pin is not None, salt, sealed, signed),),
-                luks_uuid=uuid,
-            )
-            with keyslot_passphrase(secret) as phrase:
-                add_with_token(volume, unlock_key, phrase, slot, token_id, render_native(native))
-                verified = _prove(volume, esapi, slot, token_id, phrase, pin, is_current)
+        sealed = seal(esapi, srk, secret, policy, auth)
+        return Seal("enrolled", merged, policy, pin is not None, salt, sealed, signed), is_current
 
-    result = EnrollResult(
-        volume.path, slot, token_id, NATIVE_TYPE, merged.format(), merged.bank, pin is not None, verified,
-        cleaned_up=cleaned,
-    )  # fmt: skip
-    if old:
-        header = volume.header()
-    for t in old:
-        for k in t.keyslots:
-            if k in header.keyslots:
-                remove_keyslot(volume, header, k)
-                result.replaced_keyslots.append(k)
-        header = volume.header()
-        if t.id in header.tokens:
-            volume.remove_token(t.id)
-    if wipe_spec is not None:
-        header = volume.header()
-        result.wiped_keyslots = wipe(
-            volume, header, select(volume, header, wipe_spec, frozenset({slot})), tpm_device, force
-        )
-    return result
+    return enroll_native(volume, unlock_key, tpm_device, make_seal, pin, replace, wipe_spec, force, header)
