@@ -22,11 +22,12 @@
 # Entry points of the unlock path: their import closure is installed. Optional
 # ones are taken when they exist. A module the unlock path imports lazily
 # (inside a function) must be named here, or in TPMSEAL_PY_EXTRA, or the
-# initramfs will not have it.
+# initramfs will not have it: tests/unit/test_initramfs_modules.py checks it.
 TPMSEAL_PY_REQUIRE="tpmseal tpmseal.cli tpm2_pytss tpm2_pytss.ESAPI"
 TPMSEAL_PY_OPTIONAL="tpmseal.unlock tpmseal.tpm.device tpmseal.tpm.seal tpmseal.tpm.srk
     tpmseal.luks.volume tpmseal.luks.tokens tpmseal.boot.agent tpmseal.boot.unlock
-    tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis tpmseal.boot.measure tpmseal.update.signed"
+    tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis tpmseal.interop.primary tpmseal.boot.measure
+    tpmseal.update.signed tpmseal.inventory tpmseal.prompt"
 TPMSEAL_SITE=/usr/lib/tpmseal/site
 
 check() {
