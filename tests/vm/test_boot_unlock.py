@@ -244,3 +244,33 @@ def test_swapped_volume_attack_succeeds_without_binding(python_initramfs: h.Init
     result = boot_swapped(python_initramfs, vtpm, disks, tmp_path / "attack-unbound.log")
     assert_unlocked(result)
     assert result.marker("ATTACK_UNSEALED") is not None, result.summary()
+
+
+def test_config_generated_crypttab_and_cmdline_boot(tpmseal_python: Path, vm_cache: Path, vtpm: Path, vm_pcr7: str,
+                                                    systemd_initramfs: h.Initramfs, tmp_path: Path,
+                                                    run_vm: RunVm) -> None:
+    """`tpmseal config apply` output, not hand-written lines, is what boots: its crypttab goes into the
+    initramfs and the rd.luks.* words of its kernel command line onto the VM's command line."""
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    root = tmp_path / "root"
+    (root / "etc" / "kernel").mkdir(parents=True)
+    (root / "etc" / "crypttab").write_text("# the admin's own comment stays\n")
+    # the admin listed the root volume once; config adds the name and options the boot path needs
+    (root / "etc" / "kernel" / "cmdline").write_text(f"quiet rd.luks.uuid={VOLUME_UUID}\n")
+    subprocess.run([sys.executable, "-m", "tpmseal", "config", "apply", "--root", str(root), str(image)],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(PROJECT / "src")})
+    crypttab = (root / "etc" / "crypttab").read_text()
+    assert crypttab.startswith("# the admin's own comment stays\n")
+    [entry] = [line for line in crypttab.splitlines() if line and not line.startswith("#")]
+    name = entry.split()[0]
+    words = [w for w in (root / "etc" / "kernel" / "cmdline").read_text().split() if w.startswith("rd.luks.")]
+    assert f"rd.luks.name={VOLUME_UUID}={name}" in words
+    spec = h.InitramfsSpec(flavour=h.Flavour.SYSTEMD, module_dirs=(PROBE_MODULE, TPMSEAL_MODULE),
+                           includes=((root / "etc" / "crypttab", "/etc/crypttab"),), kver=systemd_initramfs.kver,
+                           env=(("TPMSEAL_PYTHON", str(tpmseal_python)),))
+    initrd = h.build_initramfs(spec, vm_cache)
+    args = " ".join(words) + f" root=/dev/mapper/{name}"
+    result = run_vm("config-generated", h.VmConfig(initrd=initrd.path, disks=[image], tpm_state=vtpm, cmdline=args,
+                                                   kver=initrd.kver))
+    assert_unlocked(result, name)
+    assert result.time_to(r"tpmseal: .* unlocked with token 0") is not None, result.summary()
