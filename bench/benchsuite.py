@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import benchcreds
 import benchrig as rig
 
 from tpmseal.testing.tpmproxy import TpmProxy
@@ -45,6 +46,7 @@ class Results:
     startup: dict[str, rig.Timing | str] = field(default_factory=dict)
     imports: dict[str, rig.ImportProfile | str] = field(default_factory=dict)
     creds: dict[str, rig.Timing | str] = field(default_factory=dict)
+    creds_load: list[benchcreds.Load] | str = field(default_factory=list)
     vm: dict[str, object] | str | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -64,6 +66,8 @@ C_TPMSEAL_ENROLL = "enroll: tpmseal enroll (SRK already persistent)"
 C_SD_ENROLL = "enroll: systemd-cryptenroll"
 C_CLEVIS_BIND = "enroll: clevis luks bind"
 C_CREDS_ENCRYPT = "seal: systemd-creds encrypt"
+C_TS_CREDS_ENCRYPT = "seal: tpmseal creds encrypt (PCR 7)"
+C_TS_CREDS_DECRYPT = "unseal: tpmseal creds decrypt (PCR 7)"
 
 
 class Collector:
@@ -137,6 +141,12 @@ class Collector:
             self.count(C_CREDS_DECRYPT, rig.creds_decrypt(cred, t))
         else:
             self.r.counts[C_CREDS_DECRYPT] = "n/a: systemd-creds encrypt failed"
+        ts_cred = self.work / "ts-cred"
+        self.count(C_TS_CREDS_ENCRYPT, benchcreds.tpmseal_creds_encrypt(secret, ts_cred, t))
+        if ts_cred.exists():
+            self.count(C_TS_CREDS_DECRYPT, benchcreds.tpmseal_creds_decrypt(ts_cred, t))
+        else:
+            self.r.counts[C_TS_CREDS_DECRYPT] = "n/a: tpmseal creds encrypt failed"
         return images
 
     # ------------------------------------------------------------------ timing helpers
@@ -216,10 +226,18 @@ class Collector:
         d = self.tpm.tcti
         secret = self.work / "secret"
         cred = self.work / "cred-timed"
+        ts_cred = self.work / "ts-cred-timed"
         makers = {"systemd-creds encrypt": lambda: rig.creds_encrypt(secret, cred, d),
-                  "systemd-creds decrypt": lambda: rig.creds_decrypt(cred, d)}  # fmt: skip
-        log(f"timing systemd-creds encrypt/decrypt x {self.r.options.reps}")
+                  "tpmseal creds encrypt": lambda: benchcreds.tpmseal_creds_encrypt(secret, ts_cred, d),
+                  "systemd-creds decrypt": lambda: rig.creds_decrypt(cred, d),
+                  "tpmseal creds decrypt": lambda: benchcreds.tpmseal_creds_decrypt(ts_cred, d)}  # fmt: skip
+        log(f"timing systemd-creds and tpmseal creds encrypt/decrypt x {self.r.options.reps}")
         self.timed(self.r.creds, makers, self.r.options.reps)
+        log("credential server: 1, 10, 200 concurrent clients")
+        try:
+            self.r.creds_load = benchcreds.server_load(d)
+        except Exception as e:  # a figure that cannot be measured is reported, not fatal
+            self.r.creds_load = f"n/a: {type(e).__name__}: {e}"
 
     # ------------------------------------------------------------------ 4. start-up
 

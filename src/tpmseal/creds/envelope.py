@@ -18,7 +18,6 @@ believed before it is authenticated.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import struct
@@ -40,6 +39,7 @@ from tpmseal.errors import (
     WrongTpm,
 )
 from tpmseal.secret import Secret
+from tpmseal.strict import Fields
 from tpmseal.tpm.pcrs import BANKS, PCR_COUNT, Pcr, PcrSelection
 from tpmseal.tpm.seal import SealedObject
 from tpmseal.tpm.srk import SrkRef
@@ -193,45 +193,12 @@ def _fail(where: str, what: str) -> CredentialCorrupt:
     return CredentialCorrupt(f"credential header: {where}: {what}")
 
 
-def _obj(v: Any, where: str, keys: set[str]) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise _fail(where, "expected an object")
-    unknown = set(v) - keys
-    if unknown:
-        raise _fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
-    missing = keys - set(v)
-    if missing:
-        raise _fail(where, f"missing field(s) {', '.join(sorted(missing))}")
-    return v
-
-
-def _str(v: Any, where: str) -> str:
-    if not isinstance(v, str):
-        raise _fail(where, "expected a string")
-    return v
-
-
-def _int(v: Any, where: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _fail(where, "expected an integer")
-    return v
-
-
-def _b64(v: Any, where: str) -> bytes:
-    try:
-        return base64.b64decode(_str(v, where), validate=True)
-    except (binascii.Error, ValueError):
-        raise _fail(where, "invalid base64") from None
-
-
-def _hex(v: Any, where: str, size: int | None = None) -> bytes:
-    s = _str(v, where)
-    if not re.fullmatch(r"(?:[0-9a-f]{2})*", s):
-        raise _fail(where, "expected lowercase hex")
-    b = bytes.fromhex(s)
-    if size is not None and len(b) != size:
-        raise _fail(where, f"expected {size} bytes, got {len(b)}")
-    return b
+_fields = Fields(_fail)
+_obj = _fields.obj
+_str = _fields.text
+_int = _fields.integer
+_b64 = _fields.b64
+_hex = _fields.hex
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
