@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,8 +94,17 @@ def seal(esapi: ESAPI, srk: Any, secret: Secret, policy: bytes, auth: Secret | N
     return SealedObject(bytes(private.marshal()), bytes(public_out.marshal()))
 
 
-def unseal(esapi: ESAPI, srk: Any, sealed: SealedObject, selection: PcrSelection, auth: Secret | None) -> Secret:
-    """Unseal under PolicyPCR (+PolicyAuthValue); raises PolicyMismatch, PinRejected, WrongTpm, …"""
+def unseal(
+    esapi: ESAPI,
+    srk: Any,
+    sealed: SealedObject,
+    selection: PcrSelection,
+    auth: Secret | None,
+    assert_policy: Callable[[Any], None] | None = None,
+) -> Secret:
+    """Unseal under PolicyPCR over ``selection`` (+PolicyAuthValue with ``auth``); raises PolicyMismatch,
+    PinRejected, WrongTpm, … ``assert_policy(session)``, when given, runs the policy assertions instead of
+    the PolicyPCR (e.g. PolicyPCR + PolicyAuthorize of a signed policy); PolicyAuthValue still follows."""
     from tpm2_pytss import (
         ESYS_TR,
         TPM2_ALG,
@@ -127,7 +137,9 @@ def unseal(esapi: ESAPI, srk: Any, sealed: SealedObject, selection: PcrSelection
             raise tpm_error(e, "loading the sealed key") from None
         session = esapi.start_auth_session(srk, ESYS_TR.NONE, TPM2_SE.POLICY, _symmetric(), TPM2_ALG.SHA256)
         esapi.trsess_set_attributes(session, TPMA_SESSION.ENCRYPT, 0xFF)
-        if selection.pcrs:
+        if assert_policy is not None:
+            assert_policy(session)
+        elif selection.pcrs:
             pcrs, _ = TPML_PCR_SELECTION.unmarshal(marshal_pcr_selection(selection.bank, selection.indexes))
             esapi.policy_pcr(session, b"", pcrs)
         if auth is not None:

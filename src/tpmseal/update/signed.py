@@ -313,46 +313,18 @@ def signed_indexes(seal: Seal) -> set[int]:
 
 
 def unseal_signed(esapi: ESAPI, srk: Any, seal: Seal, approval: Approval, auth: Secret | None) -> Secret:
-    """The unseal proper, for one approved policy whose PCR values are current."""
-    from tpm2_pytss import (
-        ESYS_TR,
-        TPM2_ALG,
-        TPM2_RC,
-        TPM2_SE,
-        TPM2B_PRIVATE,
-        TPM2B_PUBLIC,
-        TPMA_SESSION,
-        TPML_PCR_SELECTION,
-        TSS2_Exception,
-    )
+    """The unseal proper, for one approved policy whose PCR values are current: the TPM checks the
+    approval's signature (a ticket), then the session asserts PolicyPCR and PolicyAuthorize."""
+    from tpm2_pytss import TPM2_RC, TPML_PCR_SELECTION, TSS2_Exception
 
-    from tpmseal.tpm.device import tpm_error
-    from tpmseal.tpm.seal import _symmetric
+    from tpmseal.tpm.seal import unseal
 
     signed = seal.signed
     assert signed is not None
-    try:
-        priv, used_priv = TPM2B_PRIVATE.unmarshal(seal.sealed.private)
-        pub, used_pub = TPM2B_PUBLIC.unmarshal(seal.sealed.public)
-    except (TSS2_Exception, ValueError) as e:
-        raise TokenCorrupt(f"the sealed object cannot be decoded: {e}") from None
-    if used_priv != len(seal.sealed.private) or used_pub != len(seal.sealed.public):
-        raise TokenCorrupt("the sealed object cannot be decoded: wrong length")
     ticket = verify_ticket(esapi, signed, approval)
-    obj = ESYS_TR.NONE
-    session = ESYS_TR.NONE
-    try:
-        try:
-            obj = esapi.load(srk, priv, pub)
-        except TSS2_Exception as e:
-            if e.error in (TPM2_RC.INTEGRITY, TPM2_RC.HANDLE, TPM2_RC.BINDING, TPM2_RC.SIZE, TPM2_RC.VALUE):
-                from tpmseal.errors import WrongTpm
+    sel = approval.pcrs
 
-                raise WrongTpm("this TPM cannot load the sealed key (another TPM, or the TPM was cleared)") from None
-            raise tpm_error(e, "loading the sealed key") from None
-        session = esapi.start_auth_session(srk, ESYS_TR.NONE, TPM2_SE.POLICY, _symmetric(), TPM2_ALG.SHA256)
-        esapi.trsess_set_attributes(session, TPMA_SESSION.ENCRYPT, 0xFF)
-        sel = approval.pcrs
+    def assert_policy(session: Any) -> None:
         try:
             pcrs, _ = TPML_PCR_SELECTION.unmarshal(marshal_pcr_selection(sel.bank, sel.indexes))
             esapi.policy_pcr(session, b"", pcrs)
@@ -364,41 +336,8 @@ def unseal_signed(esapi: ESAPI, srk: Any, seal: Seal, approval: Approval, auth: 
             if e.error in (TPM2_RC.VALUE, TPM2_RC.POLICY_FAIL):
                 raise PolicyMismatch("the TPM refused the approved policy: the PCR values changed meanwhile") from None
             raise
-        if auth is not None:
-            esapi.policy_auth_value(session)
-            esapi.tr_set_auth(obj, bytes(auth.buffer))
-        try:
-            data = esapi.unseal(obj, session1=session)
-            session = ESYS_TR.NONE  # not continued: the TPM flushed it
-        except TSS2_Exception as e:
-            if e.error == TPM2_RC.POLICY_FAIL:
-                raise PolicyMismatch("the TPM refused to unseal: the policy does not match") from None
-            if e.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
-                from tpmseal.errors import PinRejected
-                from tpmseal.tpm.device import lockout_status
 
-                failed, maximum = lockout_status(esapi)
-                left = max(maximum - failed, 0)
-                raise PinRejected(
-                    f"wrong PIN ({left} of {maximum} tries left before the TPM locks out)",
-                    tries_left=left,
-                    hint="wrong PINs are not retried; each one counts toward the TPM's lockout",
-                ) from None
-            if e.error == TPM2_RC.LOCKOUT:
-                from tpmseal.errors import TpmLockout
-
-                raise TpmLockout("the TPM is in dictionary-attack lockout and refuses the PIN") from None
-            raise tpm_error(e, "unsealing") from None
-        out = Secret.take(bytearray(data.buffer))
-        data.buffer = bytes(len(out))
-        return out
-    except TSS2_Exception as e:
-        raise tpm_error(e, "unsealing") from None
-    finally:
-        for handle in (session, obj):
-            if handle != ESYS_TR.NONE:
-                with contextlib.suppress(TSS2_Exception):
-                    esapi.flush_context(handle)
+    return unseal(esapi, srk, seal.sealed, sel, auth, assert_policy)
 
 
 def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None) -> Secret:
