@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tpmseal.testing.swtpm import start_swtpm as start_socket_swtpm
+
 PASSPHRASE = b"bench passphrase, not a secret"
 CLEVIS_CONFIG = '{"pcr_ids":"7","pcr_bank":"sha256"}'
 HEAVY_IMPORTS = ("tpm2_pytss", "cryptography", "jinja2", "pyudev")
@@ -89,27 +91,8 @@ class Swtpm:
 
 
 def start_swtpm(d: Path) -> Swtpm:
-    state = d / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--createek", "--overwrite"],
-                   check=True, capture_output=True)  # fmt: skip
-    sock = d / "sock"
-    # a child, not --daemon: PID 1 on these hosts does not reap orphans
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-         "--server", f"type=unixio,path={sock}", "--ctrl", f"type=unixio,path={sock}.ctrl",
-         "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(400):
-        if sock.exists() and Path(f"{sock}.ctrl").exists():
-            break
-        time.sleep(0.025)
-    else:
-        proc.kill()
-        proc.wait()
-        raise RigError("swtpm did not start")
-    t = Swtpm(d, sock, proc)
+    started = start_socket_swtpm(d)
+    t = Swtpm(d, started.sock, started.proc)
     # a fresh swtpm has every PCR at zero: measure something, as firmware would
     for pcr in (0, 2, 4, 7):
         t.extend(pcr, f"firmware measurement of PCR {pcr}".encode())

@@ -8,11 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tpmseal.testing.swtpm import start_swtpm as start_socket_swtpm
 
 REQUIRE_ALL = os.environ.get("TPMSEAL_REQUIRE_ALL", "") == "1"
 PASSPHRASE = b"correct horse battery staple"
@@ -75,28 +76,8 @@ class Swtpm:
 
 def start_swtpm(d: Path) -> Swtpm:
     need("swtpm", "swtpm_setup", "tpm2_pcrextend")
-    state = d / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--createek", "--overwrite"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    sock = d / "sock"
-    # a child, not --daemon: PID 1 on these hosts does not reap orphans
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-         "--server", f"type=unixio,path={sock}", "--ctrl", f"type=unixio,path={sock}.ctrl",
-         "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(200):
-        if sock.exists() and Path(f"{sock}.ctrl").exists():
-            break
-        time.sleep(0.025)
-    else:
-        proc.kill()
-        raise RuntimeError("swtpm did not start")
-    t = Swtpm(d, sock, proc)
+    started = start_socket_swtpm(d)
+    t = Swtpm(d, started.sock, started.proc)
     # a fresh swtpm has every PCR at zero: measure something, as firmware would
     for pcr in (0, 2, 4, 7):
         t.extend(pcr, f"firmware measurement of PCR {pcr}".encode())

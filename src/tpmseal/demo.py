@@ -7,10 +7,11 @@ import hashlib
 import os
 import shutil
 import tempfile
-import time
+from pathlib import Path
 
-from tpmseal.proc import run, start
+from tpmseal.proc import run
 from tpmseal.secret import Secret
+from tpmseal.testing.swtpm import start_swtpm
 
 
 def _step(text: str) -> None:
@@ -36,23 +37,11 @@ def run_demo(keep: bool = False) -> int:
     from tpmseal.tpm.pcrs import parse_pcrs
 
     d = tempfile.mkdtemp(prefix="tpmseal-demo-")
-    sock = os.path.join(d, "swtpm.sock")
-    tcti = f"swtpm:path={sock}"
     swtpm = None
     try:
         _step(f"starting a private swtpm in {d}")
-        os.mkdir(os.path.join(d, "state"))
-        run(["swtpm_setup", "--tpm2", "--tpmstate", os.path.join(d, "state"), "--createek", "--overwrite"])
-        swtpm = start(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={d}/state",
-             "--server", f"type=unixio,path={sock}", "--ctrl", f"type=unixio,path={sock}.ctrl",
-             "--flags", "not-need-init,startup-clear"],
-            os.path.join(d, "swtpm.log"),
-        )  # fmt: skip
-        for _ in range(100):
-            if os.path.exists(sock) and os.path.exists(sock + ".ctrl"):
-                break
-            time.sleep(0.05)
+        swtpm = start_swtpm(Path(d), Path(d) / "swtpm.log")
+        tcti = swtpm.tcti
         extend_pcr(tcti, 7, b"demo firmware: secure boot state")
         print("PCR 7 extended, as firmware would at boot")
 
@@ -110,8 +99,7 @@ def run_demo(keep: bool = False) -> int:
         return 0 if ok else 1
     finally:
         if swtpm is not None:
-            swtpm.terminate()
-            swtpm.wait(timeout=10)
+            swtpm.stop()
         if keep:
             print(f"kept {d}")
         else:
