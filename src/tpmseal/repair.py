@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from tpmseal.luks.tokens import CLEVIS_TYPE, NATIVE_TYPE, PENDING_TYPE, RECOVERY_TYPE, SYSTEMD_TPM2_TYPE
-from tpmseal.luks.volume import Header, Volume
-
-# Token types that carry (or mark) a key: bound to no keyslot, they are of no use to anyone.
-UNBOUND_REMOVABLE = (NATIVE_TYPE, RECOVERY_TYPE, SYSTEMD_TPM2_TYPE, CLEVIS_TYPE)
+if TYPE_CHECKING:  # imported where used: the CLI imports this module for every command, --help included
+    from tpmseal.luks.volume import Header, Volume
 
 
 @dataclass
@@ -54,8 +52,18 @@ def provable_orphans(header: Header) -> tuple[list[int], list[int]]:
 def repair(volume: Volume) -> RepairResult:
     """Clean up ``volume``; the caller holds the volume lock."""
     from tpmseal.enroll import clean_up_interrupted
-    from tpmseal.luks.tokens import pending_keyslot
+    from tpmseal.luks.tokens import (
+        CLEVIS_TYPE,
+        NATIVE_TYPE,
+        PENDING_TYPE,
+        RECOVERY_TYPE,
+        SYSTEMD_TPM2_TYPE,
+        pending_keyslot,
+    )
     from tpmseal.wipe import remove_keyslot
+
+    # token types that carry (or mark) a key: bound to no keyslot, they are of no use to anyone
+    unbound_removable = (NATIVE_TYPE, RECOVERY_TYPE, SYSTEMD_TPM2_TYPE, CLEVIS_TYPE)
 
     header = volume.header()
     result = RepairResult(volume.path)
@@ -78,7 +86,7 @@ def repair(volume: Volume) -> RepairResult:
             result.actions.append(f"kept keyslot {k}: named by an unfinished enrollment, but not provably an orphan")
     header = volume.header()
     for t in sorted(header.tokens.values(), key=lambda t: t.id):
-        if t.type in UNBOUND_REMOVABLE and not t.keyslots:
+        if t.type in unbound_removable and not t.keyslots:
             volume.remove_token(t.id)
             result.actions.append(f"removed {t.type} token {t.id} bound to no keyslot")
     header = volume.header()
@@ -90,6 +98,7 @@ def repair(volume: Volume) -> RepairResult:
 def cmd_repair(args: argparse.Namespace) -> int:
     from tpmseal.cli import _print_json
     from tpmseal.lock import volume_lock
+    from tpmseal.luks.volume import Volume
 
     volume = Volume(args.device)
     volume.check_exists()
