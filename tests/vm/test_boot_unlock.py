@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +21,8 @@ import harness as h
 import pytest
 from test_boot_harness import assert_unlocked
 from vmdata import PASSPHRASE, PROBE_MODULE, PROJECT, TPMSEAL_MODULE, VOLUME_NAME, VOLUME_UUID
+
+from tpmseal.testing.swtpm import serving
 
 pytestmark = pytest.mark.vm
 
@@ -67,30 +67,15 @@ def shell_tpmseal_initramfs(shell_initramfs: h.Initramfs, tpmseal_python: Path, 
 
 def host_enroll(state: Path, image: Path, pcr7: str, *extra: str) -> None:
     """`tpmseal enroll` on the host against the vTPM's state (swtpm in socket mode, then stopped)."""
-    sockdir = Path(tempfile.mkdtemp(prefix="tpmseal-host-", dir="/tmp"))
-    sock = sockdir / "s"
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=unixio,path={sock}",
-         "--ctrl", f"type=unixio,path={sock}.ctrl", "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(200):
-            if sock.exists() and Path(f"{sock}.ctrl").exists():
-                break
-            time.sleep(0.025)
-        keyfile = sockdir / "pass"
+    with serving(state) as tpm:
+        keyfile = tpm.dir / "pass"
         keyfile.write_bytes(PASSPHRASE)
         p = subprocess.run(
-            [sys.executable, "-m", "tpmseal", "enroll", str(image), f"--tpm2-device=swtpm:path={sock}",
+            [sys.executable, "-m", "tpmseal", "enroll", str(image), f"--tpm2-device={tpm.tcti}",
              f"--tpm2-pcrs=7:sha256={pcr7}", "--unlock-key-file", str(keyfile), *extra],
             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT / "src")},
         )  # fmt: skip
         assert p.returncode == 0, p.stderr
-        keyfile.unlink()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def enrolled_image(tmp_path: Path, state: Path, pcr7: str, uuid: str = VOLUME_UUID, name: str = "disk") -> Path:

@@ -15,13 +15,9 @@ which must print the secret, then the same for ``intruder.service``, which must 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import os
-import re
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,46 +25,29 @@ import harness as h
 import pytest
 from vmdata import PROBE_MODULE, PROJECT, TPMSEAL_MODULE
 
+from tpmseal.testing.swtpm import serving
+
 pytestmark = pytest.mark.vm
 
 CREDS_MODULE = Path(__file__).resolve().parent / "modules" / "98tpmsealcreds"
 SECRET = b"vm-credential-" + os.urandom(6).hex().encode()
+# The credential server is not part of the boot path, so 90tpmseal does not install it; this test uses the
+# initramfs's systemd (PID 1) as a test bed for LoadCredential= and adds the server's modules.
 PY_EXTRA = (
     "tpmseal.creds.command tpmseal.creds.server tpmseal.creds.reader tpmseal.creds.envelope "
     "tpmseal.creds.sdcreds tpmseal.creds.store tpmseal.interop.primary tpmseal.tpm.policy tpmseal.unlock "
     "cryptography.exceptions cryptography.hazmat.primitives.ciphers"
 )
-# build_parser() imports the command modules of other subcommands lazily, so the closure of 90tpmseal
-# (entry tpmseal.cli) misses them, and `tpmseal` cannot even parse its command line; name them all.
-PY_EXTRA += "".join(
-    f" {m}"
-    for m in re.findall(r"from (tpmseal\.[\w.]+) import register", (PROJECT / "src/tpmseal/cli.py").read_text())
-    if importlib.util.find_spec(m) is not None
-)
 
 
 def host_encrypt(state: Path, out: Path) -> None:
-    sockdir = Path(tempfile.mkdtemp(prefix="tpmseal-host-", dir="/tmp"))
-    sock = sockdir / "s"
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=unixio,path={sock}",
-         "--ctrl", f"type=unixio,path={sock}.ctrl", "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(200):
-            if sock.exists() and Path(f"{sock}.ctrl").exists():
-                break
-            time.sleep(0.025)
+    with serving(state) as tpm:
         p = subprocess.run(
             [sys.executable, "-m", "tpmseal", "creds", "encrypt", "db", "-", str(out), "--unit=credtest.service",
-             f"--tpm2-device=swtpm:path={sock}"],
+             f"--tpm2-device={tpm.tcti}"],
             input=SECRET, capture_output=True, env={**os.environ, "PYTHONPATH": str(PROJECT / "src")},
         )  # fmt: skip
         assert p.returncode == 0, p.stderr
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_credential_reaches_only_its_unit(

@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +22,9 @@ from pathlib import Path
 import harness as h
 import pytest
 from test_boot_harness import assert_unlocked
-from vmdata import PASSPHRASE, PROBE_MODULE, PROJECT, TPMSEAL_MODULE, VOLUME_NAME, VOLUME_UUID
+from vmdata import PASSPHRASE, PROJECT, VOLUME_NAME, VOLUME_UUID
+
+from tpmseal.testing.swtpm import serving
 
 pytestmark = pytest.mark.vm
 
@@ -38,41 +38,19 @@ ENV = {**os.environ, "PYTHONPATH": str(PROJECT / "src"), "TSS2_LOG": "all+none"}
 
 
 @pytest.fixture(scope="session")
-def update_initramfs(systemd_initramfs: h.Initramfs, tpmseal_python: Path, vm_cache: Path,
-                     vm_guest_files: tuple[tuple[Path, str], ...], vm_measure: Measure) -> h.Initramfs:
-    """python_initramfs plus the modules imported lazily: tpmseal.update.signed (unlock.py, for authorize
-    seals) and the subcommand modules cli.build_parser() imports (until dracut/90tpmseal names them)."""
+def update_initramfs(python_initramfs: h.Initramfs) -> h.Initramfs:
+    """The initramfs with dracut/90tpmseal exactly as shipped (its import closure must hold
+    tpmseal.update.signed, which unlock.py imports lazily for authorize seals), booted with OVMF."""
     if not h.ovmf_available():
         pytest.skip("OVMF (apt ovmf) is not installed")
-    cli = (PROJECT / "src" / "tpmseal" / "cli.py").read_text()
-    lazy = sorted(set(re.findall(r"from (tpmseal[\w.]*) import register", cli)) | {"tpmseal.update.signed"})
-    spec = h.InitramfsSpec(flavour=h.Flavour.SYSTEMD, module_dirs=(PROBE_MODULE, TPMSEAL_MODULE),
-                           includes=vm_guest_files, kver=systemd_initramfs.kver,
-                           env=(("TPMSEAL_PYTHON", str(tpmseal_python)), ("TPMSEAL_PY_EXTRA", " ".join(lazy))))
-    initrd = h.build_initramfs(spec, vm_cache)
-    vm_measure("initramfs.update.build_s", round(initrd.build_seconds, 1))
-    return initrd
+    return python_initramfs
 
 
 @contextlib.contextmanager
 def host_swtpm(state: Path) -> Iterator[str]:
     """The vTPM's state served on a socket on the host; yields the --tpm2-device string."""
-    sockdir = Path(tempfile.mkdtemp(prefix="tpmseal-upd-", dir="/tmp"))
-    sock = sockdir / "s"
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=unixio,path={sock}",
-         "--ctrl", f"type=unixio,path={sock}.ctrl", "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(200):
-            if sock.exists() and Path(f"{sock}.ctrl").exists():
-                break
-            time.sleep(0.025)
-        yield f"swtpm:path={sock}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with serving(state) as tpm:
+        yield tpm.tcti
 
 
 def tpmseal(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:

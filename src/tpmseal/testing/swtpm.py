@@ -7,8 +7,12 @@ swtpm runs as our child, not with --daemon: PID 1 on some hosts does not reap or
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +44,11 @@ def start_swtpm(d: Path, log: Path | None = None, timeout: float = 10.0) -> Sock
     state = d / "state"
     state.mkdir(parents=True, exist_ok=True)
     run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--createek", "--overwrite"])
-    sock = d / "sock"
+    return serve_state(state, d / "sock", log, timeout)
+
+
+def serve_state(state: Path, sock: Path, log: Path | None = None, timeout: float = 10.0) -> SocketSwtpm:
+    """swtpm on an existing state directory (e.g. a VM's vTPM), listening on ``sock``."""
     proc = start(
         ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
          "--server", f"type=unixio,path={sock}", "--ctrl", f"type=unixio,path={sock}.ctrl",
@@ -52,6 +60,19 @@ def start_swtpm(d: Path, log: Path | None = None, timeout: float = 10.0) -> Sock
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
-            raise TpmUnavailable(f"swtpm did not start in {d}")
+            raise TpmUnavailable(f"swtpm did not start on {state}")
         time.sleep(0.02)
-    return SocketSwtpm(d, sock, proc)
+    return SocketSwtpm(sock.parent, sock, proc)
+
+
+@contextmanager
+def serving(state: Path) -> Iterator[SocketSwtpm]:
+    """``state`` served on a short-lived socket in /tmp (AF_UNIX paths must stay short), then stopped,
+    so that the state can go back to its VM."""
+    sockdir = Path(tempfile.mkdtemp(prefix="tpmseal-swtpm-", dir="/tmp"))
+    tpm = serve_state(state, sockdir / "s")
+    try:
+        yield tpm
+    finally:
+        tpm.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
