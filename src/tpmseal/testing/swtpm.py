@@ -8,13 +8,13 @@ swtpm runs as our child, not with --daemon: PID 1 on some hosts does not reap or
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import Popen, TimeoutExpired
 
 from tpmseal.errors import TpmUnavailable
 from tpmseal.proc import run, start
@@ -24,7 +24,7 @@ from tpmseal.proc import run, start
 class SocketSwtpm:
     dir: Path
     sock: Path
-    proc: subprocess.Popen[bytes]
+    proc: Popen[bytes]
 
     @property
     def tcti(self) -> str:
@@ -34,7 +34,7 @@ class SocketSwtpm:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        except TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
 
