@@ -193,3 +193,14 @@ def test_exit_code_is_the_worst_status() -> None:
     assert Report([c.Check("a", "ok", ""), c.Check("b", "warn", "")]).exit_code == EXIT_WARN
     assert Report([c.Check("a", "fail", ""), c.Check("b", "warn", "")]).exit_code == EXIT_FAIL
     assert c.Check("srk", "fail", "gone", subject="x").line() == "fail  srk x: gone"
+
+
+def test_inside_the_initramfs_the_module_check_is_about_itself(tmp_path) -> None:
+    from tpmseal.doctor.checks import OK, check_running_initramfs, inside_initramfs
+
+    assert not inside_initramfs(str(tmp_path))
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "initrd-release").write_text("NAME=dracut\n")
+    assert inside_initramfs(str(tmp_path))
+    c = check_running_initramfs("9.9")
+    assert c.status == OK and "9.9" in c.message

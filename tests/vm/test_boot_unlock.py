@@ -259,3 +259,17 @@ def test_config_generated_crypttab_and_cmdline_boot(tpmseal_python: Path, vm_cac
                                                    kver=initrd.kver))
     assert_unlocked(result, name)
     assert result.time_to(r"tpmseal: .* unlocked with token 0") is not None, result.summary()
+
+
+def test_doctor_inside_the_booted_initramfs_reports_all_ok(python_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str,
+                                                           tmp_path: Path, run_vm: RunVm) -> None:
+    """`tpmseal doctor` run in the initramfs after the unlock (PCR 15 already extended there, which a
+    bound token expects): every check ok, exit 0."""
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    result = run_vm("doctor", h.VmConfig(initrd=python_initramfs.path, disks=[image], tpm_state=vtpm,
+                                         cmdline=f"{SYSTEMD_ARGS} tpmsealprobe.mode=doctor",
+                                         kver=python_initramfs.kver))
+    assert_unlocked(result)
+    lines = [m.text for m in result.markers if m.text.startswith("doctor: ")]
+    assert any("token" in line for line in lines), result.summary()
+    assert result.marker("DOCTOR_EXIT rc=0") is not None, "\n".join(lines) or result.summary()

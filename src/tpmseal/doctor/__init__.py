@@ -130,7 +130,10 @@ def run_doctor(
         rep.checks.append(c.check_crypttab(root, v))
         rep.checks.append(c.check_cmdline(root, v, sources))
 
-    rep.checks.append(c.check_initramfs(initrd or c.default_initrd(root), __version__, bool(volumes)))
+    if initrd is None and c.inside_initramfs(root):
+        rep.checks.append(c.check_running_initramfs(__version__))
+    else:
+        rep.checks.append(c.check_initramfs(initrd or c.default_initrd(root), __version__, bool(volumes)))
     rep.checks.append(c.check_credd_socket(root))
     rep.checks += c.check_credentials(root)
     return rep

@@ -465,6 +465,16 @@ def initrd_version(initrd: str) -> str | None:
     return "unknown" if r.stdout.strip() else None
 
 
+def inside_initramfs(root: str) -> bool:
+    """Whether ``root`` is an initramfs (systemd and dracut both mark it with /etc/initrd-release)."""
+    return os.path.exists(os.path.join(root, "etc", "initrd-release"))
+
+
+def check_running_initramfs(version: str) -> Check:
+    """doctor runs from the initramfs itself (an emergency shell, or a test): this tpmseal is its module."""
+    return Check("initramfs", OK, f"running inside the initramfs, which holds the tpmseal module, version {version}")
+
+
 def check_initramfs(initrd: str | None, installed: str, needed: bool) -> Check:
     """The dracut module is in the initramfs, with the installed tpmseal version.
 

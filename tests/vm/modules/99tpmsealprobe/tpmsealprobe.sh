@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # The probe proper. Kernel arguments it reads:
 #   tpmsealprobe.names=a,b    mapper names to check (default: the name in root=/dev/mapper/NAME)
-#   tpmsealprobe.mode=m1,m2   extra steps: enroll, python, attack (extendpcr7 is done by the pre-udev hook)
+#   tpmsealprobe.mode=m1,m2   extra steps: enroll, python, attack, doctor (extendpcr7: the pre-udev hook)
 #   tpmsealprobe.victim=DEV   the real volume whose token the "attack" mode tries to unseal (default /dev/vdb)
 #   tpmsealprobe.enroll=DEV   the LUKS device that "enroll" enrolls (default /dev/vda)
 # Every result line starts with "TPMSEALPROBE: ".
@@ -126,6 +126,18 @@ case $modes in
         else
             say "ATTACK_REFUSED rc=$rc"
         fi
+        ;;
+esac
+
+case $modes in
+    *" doctor "*)
+        # tpmseal doctor inside the booted initramfs, on the volume this boot unlocked
+        dev=$(arg tpmsealprobe.enroll)
+        dev=${dev:-/dev/vda}
+        out=$(TSS2_LOG=all+none /usr/bin/tpmseal doctor --tpm2-device=auto "$dev" 2>&1)
+        rc=$?
+        echo "$out" | while read -r line; do say "doctor: $line"; done
+        say "DOCTOR_EXIT rc=$rc"
         ;;
 esac
 
