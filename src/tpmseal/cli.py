@@ -8,7 +8,6 @@ Heavy imports (tpm2-pytss, cryptography) happen inside the commands that need th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +15,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from tpmseal import __version__
+from tpmseal.cliopts import add_tpm2_device
+from tpmseal.cliopts import print_json as _print_json
 from tpmseal.config.command import register as register_config
 from tpmseal.creds.command import register as register_creds
 from tpmseal.doctor.command import register as register_doctor
@@ -56,11 +57,6 @@ def _bool(text: str) -> bool:
     if t in ("0", "no", "false", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected yes or no, not '{text}'")
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
 
 
 def _unlock_key(args: argparse.Namespace) -> Any:
@@ -361,13 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     def device(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("device", metavar="DEVICE", help="LUKS2 block device or image file")
 
-    def tpm(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--tpm2-device",
-            default="auto",
-            metavar="DEV",
-            help="auto (/dev/tpmrm0), a device path, or a TCTI such as swtpm:path=SOCK",
-        )
+    tpm = add_tpm2_device
 
     def as_json(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print JSON (schema: docs/json-output.md)")

@@ -165,7 +165,7 @@ def install(root: str | Path = "/", prefix: str = "/usr", data: Path = DATA) -> 
 def cmd_install_system_files(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from tpmseal.cli import _print_json
+    from tpmseal.cliopts import print_json as _print_json
 
     done = install(args.root, args.prefix)
     if args.json:

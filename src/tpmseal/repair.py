@@ -96,7 +96,7 @@ def repair(volume: Volume) -> RepairResult:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from tpmseal.cli import _print_json
+    from tpmseal.cliopts import print_json as _print_json
     from tpmseal.lock import volume_lock
     from tpmseal.luks.volume import Volume
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-TPM_HELP = "auto (/dev/tpmrm0), a device path, or a TCTI such as swtpm:path=SOCK"
+from tpmseal.cliopts import add_tpm2_device
 
 
 def _bool_off(text: str | None) -> bool:
@@ -112,7 +112,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from tpmseal.cli import _print_json
+    from tpmseal.cliopts import print_json as _print_json
     from tpmseal.creds import reader
 
     info = reader.describe(reader.parse(reader.read_file(args.file)))
@@ -136,7 +136,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from tpmseal.cli import _print_json
+    from tpmseal.cliopts import print_json as _print_json
     from tpmseal.creds import envelope, reader, store
     from tpmseal.errors import CredentialNameMismatch, CredentialUnitMismatch
 
@@ -189,8 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     cs = c.add_subparsers(dest="creds_command", metavar="ACTION", required=True)
 
-    def tpm(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--tpm2-device", default="auto", metavar="DEV", help=TPM_HELP)
+    tpm = add_tpm2_device
 
     def root(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--root", default="/", metavar="DIR", help="prefix for /etc paths (default /)")

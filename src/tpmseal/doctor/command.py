@@ -8,19 +8,13 @@ tpm2-pytss and the rest are imported by the handlers.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from tpmseal.cliopts import add_tpm2_device, print_json
+
 if TYPE_CHECKING:
     from tpmseal.tpm.info import TpmInfo
-
-TPM_HELP = "auto (/dev/tpmrm0), a device path, or a TCTI such as swtpm:path=SOCK"
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
 
 
 def cmd_tpm_list(args: argparse.Namespace) -> int:
@@ -28,7 +22,7 @@ def cmd_tpm_list(args: argparse.Namespace) -> int:
 
     tpms = list_tpms(args.sysfs)
     if args.json:
-        _print_json({"tpms": [t.to_json() for t in tpms]})
+        print_json({"tpms": [t.to_json() for t in tpms]})
         return 0
     if not tpms:
         print("no TPM found", file=sys.stderr)
@@ -85,7 +79,7 @@ def cmd_tpm_info(args: argparse.Namespace) -> int:
     with open_tpm(args.tpm2_device) as esapi:
         info = read_info(esapi, args.tpm2_device)
     if args.json:
-        _print_json(info.to_json())
+        print_json(info.to_json())
     else:
         _info_text(info, not args.no_pcrs)
     return 0
@@ -101,7 +95,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         raise UsageError(f"--root {args.root}: no such directory")
     rep = run_doctor(args.devices, args.tpm2_device, args.root, args.initrd)
     if args.json:
-        _print_json(rep.to_json())
+        print_json(rep.to_json())
         return rep.exit_code
     for c in rep.checks:
         print(c.line())
@@ -126,7 +120,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     ls.add_argument("--json", action="store_true", help="print JSON (schema: tpmseal-tpm(8))")
     ls.set_defaults(func=cmd_tpm_list)
     i = tsub.add_parser("info", help="vendor, firmware, banks, algorithms, lockout state, SRK, PCRs")
-    i.add_argument("--tpm2-device", default="auto", metavar="DEV", help=TPM_HELP)
+    add_tpm2_device(i)
     i.add_argument("--no-pcrs", action="store_true", help="do not print the PCR values (text output)")
     i.add_argument("--json", action="store_true", help="print JSON (schema: tpmseal-tpm(8))")
     i.set_defaults(func=cmd_tpm_info)
@@ -142,7 +136,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "devices", metavar="DEVICE", nargs="*",
         help="only these LUKS2 devices or image files (default: every LUKS volume found)",
     )  # fmt: skip
-    d.add_argument("--tpm2-device", default="auto", metavar="DEV", help=TPM_HELP)
+    add_tpm2_device(d)
     d.add_argument("--root", default="/", metavar="DIR", help="the system tree whose configuration is checked")
     d.add_argument("--initrd", metavar="FILE", help="the initramfs to inspect (default: the running kernel's)")
     d.add_argument("--json", action="store_true", help="print JSON (schema: tpmseal-doctor(8))")

@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from tpmseal.cliopts import add_tpm2_device
 from tpmseal.errors import ExitCode, TpmsealError, TpmUnavailable, UsageError
 from tpmseal.update.eventlog import DEFAULT_PATH, EventLog
 from tpmseal.update.predict import NOT_IN_LOG, Prediction
@@ -303,9 +304,7 @@ def cmd_check_reboot(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    def tpm(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--tpm2-device", default="auto", metavar="DEV",
-                        help="auto (/dev/tpmrm0), a device path, or a TCTI such as swtpm:path=SOCK")  # fmt: skip
+    tpm = add_tpm2_device
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--eventlog", metavar="FILE", help=f"the TCG event log (default {DEFAULT_PATH})")
