@@ -102,7 +102,7 @@ def test_pcr_change_refused_then_next_boot_approval_opens(image: Image, other_sw
         from tpmseal.update.signed import read_pcr_values
 
         current = read_pcr_values(esapi, "sha256", set(range(24)))
-    changes = rs.cleanup(Volume(image.dev), current)
+    changes = rs.cleanup(Volume(image.dev), current, load_policy_key(str(key)))
     assert changes[0].action == "removed" and changes[0].approvals == ["current"]
     _, data = _token(image)
     [a] = data["seals"][0]["approved"]  # type: ignore[index]

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tpmseal.tpm.policy import policy_digest
 from tpmseal.tpm.seal import SealedObject
 from tpmseal.tpm.srk import SrkRef
 from tpmseal.update import eventlog as el
+from tpmseal.update.description import sign_description
 from tpmseal.update.predict import PREDICTED, REPLAYED, UNPREDICTABLE, cmdline_digest, predict, self_check
 from tpmseal.update.reseal import check, target_state
 from tpmseal.update.signed import (
@@ -142,21 +144,21 @@ def signed_token(approvals: int = 1, pin: bool = False) -> NativeToken:
     approved = tuple(make_approval(key, s, ref, "current" if i == 0 else "next-boot") for i, s in enumerate(states))
     fixed = PcrSelection("sha256", ())
     signed = SignedPolicy(key.public, key.name, ref, fixed, approved)
+    seal = Seal(
+        "enrolled",
+        states[0],
+        authorize_policy(key.name, ref, fixed, pin),
+        pin,
+        b"salt" * 4 if pin else None,
+        SealedObject(b"private", b"public"),
+        signed,
+    )
+    seal = replace(seal, signed=replace(signed, description=sign_description(key, seal, (9, 15))))
     return NativeToken(
         keyslots=(1,),
         created="2026-11-26T04:30:00Z",
         srk=SrkRef(0x81000001, b"\x00\x0b" + bytes(32), b"serialized-esys-tr"),
-        seals=(
-            Seal(
-                "enrolled",
-                states[0],
-                authorize_policy(key.name, ref, fixed, pin),
-                pin,
-                b"salt" * 4 if pin else None,
-                SealedObject(b"private", b"public"),
-                signed,
-            ),
-        ),
+        seals=(seal,),
         luks_uuid="0214c1ea-c709-4951-a9fb-97e9ee904ad3",
     )
 

@@ -32,9 +32,11 @@ SEAL_KINDS = {"pcr", "authorize"}
 # kind "authorize" (signed policies, see docs/token-format.md and tpmseal/update/signed.py)
 AUTHORIZE_KEYS = {
     "kind", "label", "pcr_bank", "pcrs", "public_key", "key_name", "policy_ref", "policy_digest",
-    "pin", "pin_salt", "private", "public", "approved",
+    "pin", "pin_salt", "private", "public", "approved", "description",
 }  # fmt: skip
 APPROVAL_KEYS = {"label", "created", "pcrs", "policy", "signature"}
+DESCRIPTION_KEYS = {"version", "signed_pcrs", "signature"}
+DESCRIPTION_VERSION = 1  # of an authorize seal's "description" (see tpmseal/update/description.py)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ class Approval:
 
 
 @dataclass(frozen=True)
+class Description:
+    """What an ``authorize`` seal's approvals must cover, signed by the policy key at enrollment (the
+    signed bytes are rebuilt from this and the seal's other fields: tpmseal/update/description.py)."""
+
+    version: int
+    signed_pcrs: tuple[int, ...]  # the PCR indexes every approval binds (PCR 15 with volume binding)
+    signature: bytes  # ECDSA P-256 (DER) over SHA-256 of the canonical seal description
+
+
+@dataclass(frozen=True)
 class SignedPolicy:
     """What an ``authorize`` seal adds: the key its policies are signed with, and the signed policies."""
 
@@ -57,6 +69,7 @@ class SignedPolicy:
     policy_ref: bytes
     fixed: PcrSelection  # PCRs bound directly (PolicyPCR after PolicyAuthorize); usually none
     approved: tuple[Approval, ...]
+    description: Description | None = None  # None: enrolled before descriptions; reseal refuses it
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,23 @@ def _approval(v: Any, where: str, bank: str) -> Approval:
     )
 
 
+def _description(v: Any, where: str) -> Description:
+    d = _obj(v, where, DESCRIPTION_KEYS, DESCRIPTION_KEYS)
+    version = _int(d["version"], f"{where}.version")
+    if version != DESCRIPTION_VERSION:
+        raise TokenUnsupported(
+            f"{NATIVE_TYPE} token: {where}: seal description version {version} is not supported "
+            f"(this tpmseal reads version {DESCRIPTION_VERSION})"
+        )
+    pcrs = d["signed_pcrs"]
+    if not isinstance(pcrs, list) or not pcrs:
+        raise _fail(f"{where}.signed_pcrs", "expected a non-empty list of PCR indexes")
+    indexes = tuple(_int(i, f"{where}.signed_pcrs[{j}]") for j, i in enumerate(pcrs))
+    if any(not 0 <= i < PCR_COUNT for i in indexes) or list(indexes) != sorted(set(indexes)):
+        raise _fail(f"{where}.signed_pcrs", "PCR indexes must be 0-23, ascending, each once")
+    return Description(version, indexes, _b64(d["signature"], f"{where}.signature"))
+
+
 def _merge(a: PcrSelection, b: PcrSelection) -> PcrSelection:
     merged = {p.index: p for p in (*a.pcrs, *b.pcrs)}
     return PcrSelection(a.bank, tuple(merged[i] for i in sorted(merged)))
@@ -158,7 +188,7 @@ def _seal(v: Any, i: int) -> Seal:
         raise TokenUnsupported(f"{NATIVE_TYPE} token: {where}: policy kind '{kind}' is not supported")
     authorize = kind == "authorize"
     keys = AUTHORIZE_KEYS if authorize else SEAL_KEYS
-    d = _obj(v, where, keys, keys - {"label", "pin_salt"})
+    d = _obj(v, where, keys, keys - {"label", "pin_salt", "description"})
     bank = _str(d["pcr_bank"], f"{where}.pcr_bank")
     if bank not in BANKS:
         raise TokenUnsupported(f"{NATIVE_TYPE} token: {where}: PCR bank '{bank}' is not supported")
@@ -174,6 +204,7 @@ def _seal(v: Any, i: int) -> Seal:
             policy_ref=_hex(d["policy_ref"], f"{where}.policy_ref"),
             fixed=selection,
             approved=tuple(_approval(a, f"{where}.approved[{j}]", bank) for j, a in enumerate(approved)),
+            description=_description(d["description"], f"{where}.description") if "description" in d else None,
         )
         if len(signed.policy_ref) > 32:
             raise _fail(f"{where}.policy_ref", "at most 32 bytes")
@@ -275,6 +306,13 @@ def _render_seal(s: Seal) -> dict[str, Any]:
             }
             for a in s.signed.approved
         ]
+        if s.signed.description is not None:
+            desc = s.signed.description
+            out["description"] = {
+                "version": desc.version,
+                "signed_pcrs": list(desc.signed_pcrs),
+                "signature": base64.b64encode(desc.signature).decode(),
+            }
     return out
 
 

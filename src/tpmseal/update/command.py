@@ -237,6 +237,7 @@ def cmd_reseal(args: argparse.Namespace) -> int:
     if args.all:
         devices = _signed_devices(devices)
     results: list[dict[str, Any]] = []
+    key = load_policy_key(args.private_key)  # cleanup too: it trusts only what verifies under this key
     if args.cleanup:
         from tpmseal.tpm.device import open_tpm
         from tpmseal.update.signed import read_pcr_values
@@ -244,9 +245,8 @@ def cmd_reseal(args: argparse.Namespace) -> int:
         with open_tpm(args.tpm2_device) as esapi:
             current = read_pcr_values(esapi, args.bank, set(range(24)))
         for d in devices:
-            results += [{"device": d, **asdict(c)} for c in cleanup(Volume(d), current)]
+            results += [{"device": d, **asdict(c)} for c in cleanup(Volume(d), current, key)]
     else:
-        key = load_policy_key(args.private_key)
         statuses: dict[int, str] | None = None
         if args.next_boot:
             evlog = _load_log(args.eventlog)
@@ -270,8 +270,16 @@ def cmd_reseal(args: argparse.Namespace) -> int:
     else:
         for r in results:
             extra = f" ({r['detail']})" if r["detail"] else ""
-            print(f"{r['device']}: token {r['token']} seal '{r['seal']}': {r['action']}; "
+            print(f"{r['device']}: token {r['token']} seal {r['index']} '{r['seal']}': {r['action']}; "
                   f"approved: {', '.join(r['approvals'])}{extra}")  # fmt: skip
+    refused = [r for r in results if r["action"] == "refused"]
+    if refused:
+        from tpmseal.update.description import SealUnauthenticated
+
+        raise SealUnauthenticated(
+            f"{len(refused)} seal(s) refused, nothing signed for them: "
+            + "; ".join(f"{r['device']}: {r['detail']}" for r in refused)
+        )
     return 0
 
 

@@ -18,11 +18,11 @@ from tpmseal.boot.measure import VOLUME_PCR
 from tpmseal.errors import TpmsealError, UsageError
 from tpmseal.luks.tokens import NATIVE_TYPE, Approval, NativeToken, Seal, parse_native, render_native
 from tpmseal.tpm.pcrs import BANKS, Pcr, PcrSelection
+from tpmseal.update.description import SealUnauthenticated, Trusted, authenticate
 from tpmseal.update.predict import PREDICTED, REPLAYED, Prediction
 from tpmseal.update.signed import (
     CURRENT,
     NEXT_BOOT,
-    PolicyKey,
     make_approval,
     matching,
     verify_approval_offline,
@@ -31,6 +31,7 @@ from tpmseal.update.signed import (
 
 if TYPE_CHECKING:
     from tpmseal.luks.volume import Header, Volume
+    from tpmseal.update.signed import PolicyKey
 
 log = logging.getLogger("tpmseal")
 
@@ -45,9 +46,10 @@ class NotPredictable(TpmsealError):
 class SealChange:
     token: int
     seal: str
-    action: str  # added | replaced | unchanged | removed | kept
+    action: str  # added | replaced | unchanged | removed | kept | skipped | refused
     approvals: list[str] = field(default_factory=list)
     detail: str = ""
+    index: int | None = None  # the seal's position in the token's "seals" (labels need not be unique)
 
 
 @dataclass
@@ -75,19 +77,30 @@ def signed_tokens(header: Header) -> list[tuple[int, NativeToken]]:
     return out
 
 
-def _with_approvals(token: NativeToken, seal: Seal, approvals: tuple[Approval, ...]) -> NativeToken:
+def _seal_with(seal: Seal, approvals: tuple[Approval, ...]) -> Seal:
     assert seal.signed is not None
     signed = replace(seal.signed, approved=approvals)
     first = approvals[0].pcrs
     merged = {p.index: p for p in (*first.pcrs, *signed.fixed.pcrs)}
-    new = replace(seal, signed=signed, pcrs=PcrSelection(first.bank, tuple(merged[i] for i in sorted(merged))))
+    return replace(seal, signed=signed, pcrs=PcrSelection(first.bank, tuple(merged[i] for i in sorted(merged))))
+
+
+def _with_approvals(token: NativeToken, seal: Seal, approvals: tuple[Approval, ...]) -> NativeToken:
+    new = _seal_with(seal, approvals)
     return replace(token, seals=tuple(new if s is seal else s for s in token.seals))
 
 
-def target_state(seal: Seal, values: dict[int, bytes], statuses: dict[int, str] | None) -> PcrSelection:
-    """The approved selection for a state: the seal's signed PCRs at ``values``, PCR 15 at zeros."""
+def target_state(
+    seal: Seal, values: dict[int, bytes], statuses: dict[int, str] | None, signed_pcrs: tuple[int, ...] | None = None
+) -> PcrSelection:
+    """The approved selection for a state: the enrolled PCRs (``signed_pcrs``, by default the seal's
+    description: never the PCRs its approvals name) at ``values``, PCR 15 at zeros."""
     assert seal.signed is not None
-    indexes = sorted({i for a in seal.signed.approved for i in a.pcrs.indexes})
+    if signed_pcrs is None:
+        if seal.signed.description is None:
+            raise SealUnauthenticated(f"seal '{seal.label}' has no signed description")
+        signed_pcrs = seal.signed.description.signed_pcrs
+    indexes = sorted(signed_pcrs)
     bank = seal.pcrs.bank
     usable = (PREDICTED, REPLAYED)
     missing = [
@@ -102,6 +115,35 @@ def target_state(seal: Seal, values: dict[int, bytes], statuses: dict[int, str] 
     return PcrSelection(bank, pcrs)
 
 
+def _trust(key: PolicyKey, token_id: int, index: int, seal: Seal, changes: list[SealChange]) -> Trusted | None:
+    """The seal's trusted view, or None (recorded as skipped / refused) when reseal must not touch it."""
+    assert seal.signed is not None
+    labels = [a.label for a in seal.signed.approved]
+    if seal.signed.key_name != key.name:
+        changes.append(SealChange(token_id, seal.label, "skipped", labels,
+                                  "enrolled with another policy key: not touched", index))  # fmt: skip
+        return None
+    try:
+        return authenticate(key, seal, f"token {token_id} seal {index} ('{seal.label}')")
+    except SealUnauthenticated as e:
+        changes.append(SealChange(token_id, seal.label, "refused", labels, e.message, index))
+        return None
+
+
+def _own_key(tokens: list[tuple[int, NativeToken]], key: PolicyKey) -> None:
+    if not any(s.signed is not None and s.signed.key_name == key.name for _, t in tokens for s in t.seals):
+        raise UsageError(
+            "the volume's tokens were enrolled with another policy key than the one given",
+            "use --private-key with the key the volume was enrolled with",
+        )
+
+
+def _write(volume: Volume, header: Header, token_id: int, token: NativeToken, seals: list[Seal]) -> None:
+    data = render_native(replace(token, seals=tuple(seals)))
+    data["keyslots"] = header.tokens[token_id].data.get("keyslots", data["keyslots"])
+    volume.import_token(data, token_id, replace=True)
+
+
 def approve(
     volume: Volume,
     tpm_device: str | None,
@@ -113,8 +155,11 @@ def approve(
     """Sign the state ``values`` for every authorize seal of the volume and store it under ``label``
     (replacing an older approval with that label, unless it is the one matching ``values`` already).
 
-    With a TPM, each new signature is checked by the TPM (LoadExternal, VerifySignature, FlushContext)
-    before the token is written."""
+    Only seals whose signed description verifies under ``key`` are touched, and the PCR set signed is the
+    description's; approvals that do not verify under ``key`` (or cover another PCR set) are dropped, never
+    kept or used as a template. Seals of another key are skipped, seals without a valid description
+    refused (action "refused": the caller must fail). With a TPM, each new signature is checked by the TPM
+    (LoadExternal, VerifySignature, FlushContext) before the token is written."""
     from tpmseal.lock import volume_lock
 
     changes: list[SealChange] = []
@@ -126,74 +171,81 @@ def approve(
                 f"{volume.path} has no tpmseal token with a signed policy",
                 "enroll with 'tpmseal enroll --tpm2-public-key-pcrs=9 …' first",
             )
+        _own_key(tokens, key)
         for token_id, token in tokens:
-            new_token = token
-            for seal in token.seals:
+            seals = list(token.seals)
+            for i, seal in enumerate(token.seals):
                 if seal.signed is None:
                     continue
-                if seal.signed.key_name != key.name:
-                    raise UsageError(
-                        f"token {token_id} was enrolled with another policy key than the one given",
-                        "use --private-key with the key the volume was enrolled with",
-                    )
-                seal = next(s for s in new_token.seals if s.label == seal.label and s.signed is not None)
-                assert seal.signed is not None
-                target = target_state(seal, values, statuses)
-                same = [a for a in seal.signed.approved if a.pcrs == target]
+                trusted = _trust(key, token_id, i, seal, changes)
+                if trusted is None:
+                    continue
+                dropped = [a.label for a in seal.signed.approved if a not in trusted.approvals]
+                note = f"dropped approval(s) that do not verify: {', '.join(dropped)}" if dropped else ""
+                target = target_state(seal, values, statuses, trusted.signed_pcrs)
+                if target.indexes != trusted.signed_pcrs:  # cannot happen: target_state builds exactly these
+                    raise SealUnauthenticated(f"seal '{seal.label}': refusing to sign PCRs {list(target.indexes)}")
+                same = [a for a in trusted.approvals if a.pcrs == target]
                 if same:
-                    changes.append(SealChange(token_id, seal.label, "unchanged", [a.label for a in same],
-                                              "this state is approved already"))  # fmt: skip
+                    if dropped:
+                        seals[i] = _seal_with(seal, trusted.approvals)
+                    detail = "; ".join(filter(None, ["this state is approved already", note]))
+                    labels = [a.label for a in trusted.approvals]
+                    changes.append(SealChange(token_id, seal.label, "unchanged", labels, detail, i))
                     continue
                 approval = make_approval(key, target, seal.signed.policy_ref, label)
-                if not verify_approval_offline(seal.signed.public_key, approval, seal.signed.policy_ref):
-                    raise TpmsealError("the new signature does not verify against the token's public key")
+                if not verify_approval_offline(key.public, approval, seal.signed.policy_ref):
+                    raise TpmsealError("the new signature does not verify against the policy key")
                 if tpm_device is not None:
                     from tpmseal.tpm.device import open_tpm
 
                     with open_tpm(tpm_device) as esapi:
                         verify_ticket(esapi, seal.signed, approval)
-                kept = tuple(a for a in seal.signed.approved if a.label != label)
-                action = "replaced" if len(kept) != len(seal.signed.approved) else "added"
-                new_token = _with_approvals(new_token, seal, (*kept, approval))
-                changes.append(SealChange(token_id, seal.label, action, [a.label for a in (*kept, approval)]))
-            if new_token is not token:
-                data = render_native(new_token)
-                data["keyslots"] = header.tokens[token_id].data.get("keyslots", data["keyslots"])
-                volume.import_token(data, token_id, replace=True)
+                kept = tuple(a for a in trusted.approvals if a.label != label)
+                action = "replaced" if len(kept) != len(trusted.approvals) else "added"
+                seals[i] = _seal_with(seal, (*kept, approval))
+                changes.append(SealChange(token_id, seal.label, action, [a.label for a in (*kept, approval)], note, i))
+            if seals != list(token.seals):
+                _write(volume, header, token_id, token, seals)
     return changes
 
 
-def cleanup(volume: Volume, current: dict[int, bytes]) -> list[SealChange]:
+def cleanup(volume: Volume, current: dict[int, bytes], key: PolicyKey) -> list[SealChange]:
     """Drop approvals that do not match the booted state (PCR 15 ignored: it is extended by design after
-    unlock); the matching one becomes "current". When none matches, nothing is removed."""
+    unlock); the matching one becomes "current". When none matches, nothing is removed. Only trusted
+    approvals (see approve) can match; the others go with the stale ones."""
     from tpmseal.lock import volume_lock
 
     changes: list[SealChange] = []
     with volume_lock(volume.path):
         header = volume.header()
-        for token_id, token in signed_tokens(header):
-            new_token = token
-            for seal in token.seals:
+        tokens = signed_tokens(header)
+        if tokens:
+            _own_key(tokens, key)
+        for token_id, token in tokens:
+            seals = list(token.seals)
+            for i, seal in enumerate(token.seals):
                 if seal.signed is None:
                     continue
-                keep = matching(seal.signed.approved, current, frozenset({VOLUME_PCR}))
+                trusted = _trust(key, token_id, i, seal, changes)
+                if trusted is None:
+                    continue
+                keep = matching(trusted.approvals, current, frozenset({VOLUME_PCR}))
                 if not keep:
                     labels = [a.label for a in seal.signed.approved]
-                    why = "no approved policy matches the booted state; nothing removed"
-                    changes.append(SealChange(token_id, seal.label, "kept", labels, why))
+                    why = "no trusted approved policy matches the booted state; nothing removed"
+                    changes.append(SealChange(token_id, seal.label, "kept", labels, why, i))
                     continue
-                relabeled = tuple(replace(a, label=CURRENT) if i == 0 else a for i, a in enumerate(keep))
+                relabeled = tuple(replace(a, label=CURRENT) if j == 0 else a for j, a in enumerate(keep))
                 if relabeled == seal.signed.approved:
-                    changes.append(SealChange(token_id, seal.label, "unchanged", [a.label for a in relabeled]))
+                    changes.append(SealChange(token_id, seal.label, "unchanged", [a.label for a in relabeled], "", i))
                     continue
                 removed = [a.label for a in seal.signed.approved if a not in keep]
-                new_token = _with_approvals(new_token, seal, relabeled)
+                seals[i] = _seal_with(seal, relabeled)
                 why = "removed: " + (", ".join(removed) or "none") + "; the booted one is now 'current'"
-                changes.append(SealChange(token_id, seal.label, "removed", [a.label for a in relabeled], why))
-            if new_token is not token:
-                data = render_native(new_token)
-                data["keyslots"] = header.tokens[token_id].data.get("keyslots", data["keyslots"])
-                volume.import_token(data, token_id, replace=True)
+                changes.append(SealChange(token_id, seal.label, "removed", [a.label for a in relabeled], why, i))
+            if seals != list(token.seals):
+                _write(volume, header, token_id, token, seals)
     return changes
 
 

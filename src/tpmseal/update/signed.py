@@ -21,6 +21,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
+from dataclasses import replace as _with
 from typing import TYPE_CHECKING, Any
 
 from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt, TpmsealError, UsageError
@@ -441,8 +442,11 @@ def enroll_signed(
         raise UsageError("signed and fixed PCRs must use the same bank")
     if set(fixed.indexes) & set(signed_pcrs.indexes):
         raise UsageError("a PCR cannot be both signed (--tpm2-public-key-pcrs) and fixed (--tpm2-pcrs)")
+    from tpmseal.update.description import check_pcr_choice, sign_description
+
     if volume_binding:
         signed_pcrs = bind_volume(signed_pcrs)
+    check_pcr_choice(signed_pcrs.indexes, fixed.indexes)
     key, _created = ensure_policy_key(key_path)
     policy_ref = os.urandom(POLICY_REF_BYTES)
     wanted = PcrSelection(signed_pcrs.bank, tuple(sorted((*signed_pcrs.pcrs, *fixed.pcrs), key=lambda p: p.index)))
@@ -459,6 +463,9 @@ def enroll_signed(
         merged = PcrSelection(approved_sel.bank, tuple(sorted((*approved_sel.pcrs, *fixed_full.pcrs),
                                                               key=lambda p: p.index)))  # fmt: skip
         sealed = seal(esapi, srk, secret, policy, auth)
-        return Seal("enrolled", merged, policy, pin is not None, salt, sealed, signed), is_current
+        made = Seal("enrolled", merged, policy, pin is not None, salt, sealed, signed)
+        # which PCRs every approval must cover is decided now, and signed: reseal trusts only this
+        description = sign_description(key, made, approved_sel.indexes)
+        return _with(made, signed=_with(signed, description=description)), is_current
 
     return enroll_native(volume, unlock_key, tpm_device, make_seal, pin, replace, wipe_spec, force, header)
