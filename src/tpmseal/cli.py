@@ -26,6 +26,7 @@ from tpmseal.repair import register as register_repair
 from tpmseal.update.command import register as register_update
 
 if TYPE_CHECKING:
+    from tpmseal.inventory import TokenInfo
     from tpmseal.luks.volume import Header, Volume
     from tpmseal.secret import Secret
     from tpmseal.tpm.pcrs import PcrSelection
@@ -201,6 +202,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             if t.orphan:
                 detail = (detail + "; " if detail else "") + "orphan: left by an interrupted operation"
             print(f"{t.token:<6} {t.type:<16} {','.join(map(str, t.keyslots)) or '-':<9} {detail}")
+            for line in _seal_lines(t):
+                print(f"{'':<33}{line}")
     for orphan in rep.orphan_keyslots:
         print(
             f"warning: keyslot {orphan} is an orphan of an interrupted enrollment (its key is lost); "
@@ -214,9 +217,54 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "with a copy of it could boot code that unseals it",
                 file=sys.stderr,
             )
+    for t in rep.tokens:
+        for w in _seal_warnings(t):
+            print(f"warning: token {t.token} {w}", file=sys.stderr)
     if rep.tpm_error:
         print(f"warning: PCR state not checked: {rep.tpm_error}", file=sys.stderr)
     return 0
+
+
+def _seal_lines(t: TokenInfo) -> list[str]:
+    """Every seal of a tpmseal token and every approval of an authorize seal (list's text output)."""
+    if len(t.seal_details) < 2 and all(s.kind == "pcr" for s in t.seal_details):
+        return []  # one plain seal: the token line says it all
+    out = []
+    for s in t.seal_details:
+        pin = ", PIN" if s.pin else ""
+        if s.kind == "pcr":
+            out.append(f"seal {s.index} '{s.label}': PCRs {s.pcrs or 'none'}{pin}")
+            continue
+        enrolled = f" (PCRs {s.enrolled_pcrs})" if s.enrolled_pcrs else ""
+        fixed = f", fixed PCRs {s.pcrs}" if s.pcrs else ""
+        out.append(f"seal {s.index} '{s.label}': signed policy, key {(s.key_name or '')[:12]}…, "
+                   f"description {s.description}{enrolled}{fixed}{pin}")  # fmt: skip
+        for a in s.approvals:
+            state = "signature ok" if a.signature_valid else "SIGNATURE DOES NOT VERIFY"
+            if a.covers_enrolled_pcrs is False:
+                state += ", NOT THE ENROLLED PCRS"
+            out.append(f"  approved '{a.label}': PCRs {a.pcrs}; {state}")
+    return out
+
+
+def _seal_warnings(t: TokenInfo) -> list[str]:
+    out = []
+    for s in t.seal_details:
+        if s.kind != "authorize":
+            continue
+        if s.description == "missing":
+            out.append(f"seal {s.index} has no signed description: reseal refuses it; re-enroll with --replace")
+        elif s.description == "invalid":
+            out.append(f"seal {s.index}: its description does not verify: the header was edited")
+        forged = [a.label for a in s.approvals if not a.signature_valid]
+        if forged:
+            out.append(f"seal {s.index}: approval(s) {', '.join(forged)}: the signature does not verify "
+                       "(the TPM refuses it, reseal drops it)")  # fmt: skip
+        other = [a.label for a in s.approvals if a.signature_valid and a.covers_enrolled_pcrs is False]
+        if other:
+            out.append(f"seal {s.index}: approval(s) {', '.join(other)} bind other PCRs than the enrolled ones: "
+                       "reseal drops them, but the TPM accepts them; re-enroll with --replace")  # fmt: skip
+    return out
 
 
 def cmd_test_unlock(args: argparse.Namespace) -> int:

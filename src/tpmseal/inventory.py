@@ -39,6 +39,62 @@ class KeyslotInfo:
 
 
 @dataclass
+class ApprovalInfo:
+    label: str
+    pcrs: str
+    created: str
+    signature_valid: bool  # under the seal's public_key and policy_ref (checked in software)
+    covers_enrolled_pcrs: bool | None  # its PCRs are the description's; None without a valid description
+
+
+@dataclass
+class SealInfo:
+    """One seal of a native token: every one is listed, so a seal added to the header shows."""
+
+    index: int
+    label: str
+    kind: str  # pcr | authorize
+    pcrs: str  # kind pcr: the bound PCRs; authorize: the fixed ones
+    pin: bool
+    key_name: str | None = None  # authorize: the policy key's TPM name (hex)
+    description: str | None = None  # authorize: valid | invalid | missing (under the seal's public_key)
+    enrolled_pcrs: str | None = None  # authorize: the PCRs its description says every approval binds
+    approvals: list[ApprovalInfo] = field(default_factory=list)
+
+
+def seal_infos(nt: NativeToken) -> list[SealInfo]:
+    """Every seal and approval, with whether its signatures verify under the seal's own public key (that
+    key is the header's word; reseal checks under the key it holds, and the TPM under the sealed object's)."""
+    out = []
+    for i, s in enumerate(nt.seals):
+        if s.signed is None:
+            out.append(SealInfo(i, s.label, "pcr", s.pcrs.format(), s.pin))
+            continue
+        from tpmseal.update.description import description_verifies
+        from tpmseal.update.signed import key_name, verify_approval_offline
+
+        sp = s.signed
+        try:
+            own = key_name(sp.public_key) == sp.key_name
+            desc_ok = own and description_verifies(sp.public_key, s)
+        except TpmsealError:
+            own = desc_ok = False
+        desc = sp.description
+        info = SealInfo(i, s.label, "authorize", sp.fixed.format(), s.pin, sp.key_name.hex(),
+                        "missing" if desc is None else "valid" if desc_ok else "invalid",
+                        "+".join(map(str, desc.signed_pcrs)) if desc is not None else None)  # fmt: skip
+        for a in sp.approved:
+            try:
+                sig = own and verify_approval_offline(sp.public_key, a, sp.policy_ref)
+            except TpmsealError:
+                sig = False
+            covers = a.pcrs.indexes == desc.signed_pcrs if desc is not None and desc_ok else None
+            info.approvals.append(ApprovalInfo(a.label, a.pcrs.format(), a.created, sig, covers))
+        out.append(info)
+    return out
+
+
+@dataclass
 class TokenInfo:
     token: int
     type: str
@@ -53,6 +109,7 @@ class TokenInfo:
     changed_pcrs: list[int] = field(default_factory=list)
     volume_binding: bool | None = None  # bound to PCR 15 (closed after the boot's unlock phase)
     error: str | None = None
+    seal_details: list[SealInfo] = field(default_factory=list)  # native tokens: every seal
 
 
 @dataclass
@@ -134,6 +191,7 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
                 info.seals = len(nt.seals)
                 info.created = nt.created
                 info.volume_binding = all(is_volume_bound(x.pcrs) for x in nt.seals)
+                info.seal_details = seal_infos(nt)
                 natives.append((info, nt))
         elif t.type in FOREIGN_TPM_TYPES:
             try:

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Image, Swtpm, run_cli
+from support import Image, Swtpm, make_luks2, run_cli
 
 pytestmark = pytest.mark.tpm
 
@@ -19,7 +20,11 @@ LIST_SCHEMA = {
     "device": str, "keyslots": [{"keyslot": int, "kind": str, "tokens": [int], "kdf": str}],
     "tokens": [{"token": int, "type": str, "keyslots": [int], "orphan": bool, "pcrs": OPT_STR,
                 "pcr_bank": OPT_STR, "pin": OPT_BOOL, "seals": OPT_INT, "created": OPT_STR,
-                "policy_satisfied": OPT_BOOL, "changed_pcrs": [int], "volume_binding": OPT_BOOL, "error": OPT_STR}],
+                "policy_satisfied": OPT_BOOL, "changed_pcrs": [int], "volume_binding": OPT_BOOL, "error": OPT_STR,
+                "seal_details": [{"index": int, "label": str, "kind": str, "pcrs": str, "pin": bool,
+                                  "key_name": OPT_STR, "description": OPT_STR, "enrolled_pcrs": OPT_STR,
+                                  "approvals": [{"label": str, "pcrs": str, "created": str, "signature_valid": bool,
+                                                 "covers_enrolled_pcrs": OPT_BOOL}]}]}],
     "orphan_keyslots": [int], "orphan_tokens": [int], "tpm_error": OPT_STR,
 }  # fmt: skip
 TEST_UNLOCK_SCHEMA = {
@@ -47,7 +52,7 @@ def check(value: Any, schema: Any, where: str = "$") -> None:
         assert isinstance(value, schema) and not (schema is int and isinstance(value, bool)), f"{where}: {value!r}"
 
 
-def test_json_outputs_match_documented_schema(image: Image, swtpm: Swtpm) -> None:
+def test_json_outputs_match_documented_schema(image: Image, swtpm: Swtpm, tmp_path: Path) -> None:
     tpm = f"--tpm2-device={swtpm.tcti}"
     enrolled = json.loads(run_cli("enroll", image.dev, tpm, "--unlock-key-file", str(image.keyfile), "--json").stdout)
     check(enrolled, ENROLL_SCHEMA)
@@ -60,3 +65,11 @@ def test_json_outputs_match_documented_schema(image: Image, swtpm: Swtpm) -> Non
     check(json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout), LIST_SCHEMA)
     check(json.loads(run_cli("test-unlock", image.dev, tpm, "--json").stdout), TEST_UNLOCK_SCHEMA)
     check(json.loads(run_cli("wipe-slot", image.dev, tpm, "--wipe-slot=recovery", "--json").stdout), WIPE_SCHEMA)
+    # a signed-policy token: its seal, description and approvals
+    signed = make_luks2(tmp_path / "signed.img")
+    run_cli("enroll", signed.dev, tpm, "--unlock-key-file", str(signed.keyfile), "--tpm2-public-key-pcrs=7",
+            f"--private-key={tmp_path / 'k.pem'}")  # fmt: skip
+    listing = json.loads(run_cli("list", signed.dev, tpm, "--json").stdout)
+    check(listing, LIST_SCHEMA)
+    [seal] = listing["tokens"][0]["seal_details"]
+    assert seal["kind"] == "authorize" and seal["description"] == "valid" and len(seal["approvals"]) == 1

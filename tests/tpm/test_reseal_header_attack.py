@@ -5,11 +5,12 @@ edited header asks for. The attacker holds the disk: it edits only the LUKS2 hea
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Image, Swtpm, luks_dump, opens
+from support import Image, Swtpm, luks_dump, opens, run_cli
 
 from tpmseal import cli
 from tpmseal.errors import ExitCode, TpmsealError
@@ -346,3 +347,37 @@ def test_enroll_refuses_pcr_sets_anyone_can_satisfy(
     assert "any" in e.value.message
     assert not any(t["type"] == "tpmseal-tpm2" for t in luks_dump(image.path)["tokens"].values())  # type: ignore[attr-defined]
     assert other_swtpm.loaded_handles() == []
+
+
+def test_list_shows_the_added_seal_and_its_unverified_approval(
+    image: Image, other_swtpm: Swtpm, tmp_path: Path
+) -> None:
+    key = tmp_path / "k.pem"
+    _enroll(image, other_swtpm, key)
+    _tamper(image, 15)
+    tpm = f"--tpm2-device={other_swtpm.tcti}"
+    listing = json.loads(run_cli("list", image.dev, tpm, "--json").stdout)
+    [token] = [t for t in listing["tokens"] if t["type"] == "tpmseal-tpm2"]
+    real, added = token["seal_details"]
+    assert (real["index"], real["description"], real["enrolled_pcrs"]) == (0, "valid", "7+15")
+    assert [(a["pcrs"], a["signature_valid"], a["covers_enrolled_pcrs"]) for a in real["approvals"]] == [
+        ("7+15", True, True)
+    ]
+    assert (added["index"], added["label"], added["description"], added["enrolled_pcrs"]) == (
+        1,
+        "backup",
+        "missing",
+        None,
+    )
+    assert [(a["pcrs"], a["signature_valid"]) for a in added["approvals"]] == [("15", False)]
+    p = run_cli("list", image.dev, tpm)
+    assert "seal 1 'backup': signed policy" in p.stdout and "description missing" in p.stdout
+    assert "approved 'current': PCRs 15; SIGNATURE DOES NOT VERIFY" in p.stdout
+    assert "seal 1 has no signed description" in p.stderr and "seal 1: approval(s) current" in p.stderr
+    # a description copied into the added seal verifies (same object): the seal still shows, with its approval
+    tid, data = _token(image)
+    data["seals"][1] = _attacker_seal(data["seals"][0], 15, copy_description=True)
+    Volume(image.dev).import_token(data, tid, replace=True)
+    listing = json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout)
+    added = listing["tokens"][0]["seal_details"][1]
+    assert added["description"] == "valid" and added["approvals"][0]["covers_enrolled_pcrs"] is False
