@@ -381,3 +381,23 @@ def test_list_shows_the_added_seal_and_its_unverified_approval(
     listing = json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout)
     added = listing["tokens"][0]["seal_details"][1]
     assert added["description"] == "valid" and added["approvals"][0]["covers_enrolled_pcrs"] is False
+
+
+def test_bogus_approval_in_front_of_the_real_one_does_not_stop_the_unlock(
+    image: Image, other_swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """A copied signature on an approval that matches the current state, put first: the TPM rejects it,
+    the unlock passes it over and opens with the real approval (no extra TPM command for the real one)."""
+    key = tmp_path / "k.pem"
+    _enroll(image, other_swtpm, key)
+    state = {7: other_swtpm.pcr(7), 15: bytes(32)}
+
+    def bogus_first(seal: dict[str, Any]) -> None:
+        _bogus_copy_of_target(seal, state)
+        seal["approved"].insert(0, seal["approved"].pop())
+        seal["approved"][0]["signature"] = _b64(bytes.fromhex("3006020101020101"))  # a valid DER, wrong values
+
+    _edit_seal0(image, bogus_first)
+    assert _unseals(image, other_swtpm)
+    p = run_cli("test-unlock", image.dev, f"--tpm2-device={other_swtpm.tcti}")
+    assert "ok" in p.stdout

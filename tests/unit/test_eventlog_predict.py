@@ -184,6 +184,16 @@ def test_authorize_seal_round_trips(pin: bool) -> None:
         (lambda s: s.update(key_name="00"), TokenCorrupt),
         (lambda s: s.pop("public_key"), TokenCorrupt),
         (lambda s: s.update(kind="signed-v2"), TokenUnsupported),
+        (lambda s: s["description"].update(extra=1), TokenCorrupt),
+        (lambda s: s["description"].pop("signature"), TokenCorrupt),
+        (lambda s: s["description"].update(version=2), TokenUnsupported),
+        (lambda s: s["description"].update(signed_pcrs=[15, 9]), TokenCorrupt),
+        (lambda s: s["description"].update(signed_pcrs=[9, 9]), TokenCorrupt),
+        (lambda s: s["description"].update(signed_pcrs=[]), TokenCorrupt),
+        (lambda s: s["description"].update(signed_pcrs=[24]), TokenCorrupt),
+        (lambda s: s["description"].update(signed_pcrs=[True]), TokenCorrupt),
+        (lambda s: s["description"].update(signature="not base64!"), TokenCorrupt),
+        (lambda s: s.update(description=None), TokenCorrupt),
     ],
 )
 def test_authorize_seal_is_parsed_strictly(edit, error) -> None:  # type: ignore[no-untyped-def]

@@ -313,16 +313,19 @@ def signed_indexes(seal: Seal) -> set[int]:
     return {i for a in seal.signed.approved for i in a.pcrs.indexes} | set(seal.signed.fixed.indexes)
 
 
-def unseal_signed(esapi: ESAPI, srk: Any, seal: Seal, approval: Approval, auth: Secret | None) -> Secret:
+def unseal_signed(
+    esapi: ESAPI, srk: Any, seal: Seal, approval: Approval, auth: Secret | None, ticket: Any = None
+) -> Secret:
     """The unseal proper, for one approved policy whose PCR values are current: the TPM checks the
-    approval's signature (a ticket), then the session asserts PolicyPCR and PolicyAuthorize."""
+    approval's signature (a ticket, unless given), then the session asserts PolicyPCR and PolicyAuthorize."""
     from tpm2_pytss import TPM2_RC, TPML_PCR_SELECTION, TSS2_Exception
 
     from tpmseal.tpm.seal import unseal
 
     signed = seal.signed
     assert signed is not None
-    ticket = verify_ticket(esapi, signed, approval)
+    if ticket is None:
+        ticket = verify_ticket(esapi, signed, approval)
     sel = approval.pcrs
 
     def assert_policy(session: Any) -> None:
@@ -343,7 +346,9 @@ def unseal_signed(esapi: ESAPI, srk: Any, seal: Seal, approval: Approval, auth: 
 
 def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None) -> Secret:
     """The raw key of a token with ``authorize`` seals: reads the PCRs once, picks the approved policy
-    (of any authorize seal) whose values are all current, and unseals with it."""
+    (of any authorize seal) whose values are all current and whose signature the TPM accepts, and
+    unseals with it. An approval the TPM rejects (forged, copied) is passed over, so one placed in front
+    of the real one cannot stop the unlock."""
     from tpmseal.tpm.seal import pin_auth
     from tpmseal.tpm.srk import srk_from_ref
 
@@ -352,17 +357,28 @@ def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None 
         raise TokenCorrupt("token has no authorize seals")
     bank = seals[0].pcrs.bank
     current = read_pcr_values(esapi, bank, set().union(*(signed_indexes(s) for s in seals)))
-    chosen: tuple[Seal, Approval] | None = None
+    candidates: list[tuple[Seal, Approval]] = []
     for s in seals:
         assert s.signed is not None
         fixed_ok = all(current.get(p.index) == p.value for p in s.signed.fixed.pcrs)
         found = matching(s.signed.approved, current) if fixed_ok and s.pcrs.bank == bank else []
-        if found:
-            chosen = (s, found[0])
-            break
-    if chosen is None:
+        candidates += [(s, a) for a in found]
+    if not candidates:
         raise mismatch(seals[0], current)
-    seal, approval = chosen
+    chosen: tuple[Seal, Approval, Any] | None = None
+    rejected: PolicyMismatch | None = None
+    for s, a in candidates:
+        assert s.signed is not None
+        try:
+            chosen = (s, a, verify_ticket(esapi, s.signed, a))
+            break
+        except PolicyMismatch as e:
+            log.debug("approved policy '%s' of seal '%s' passed over: %s", a.label, s.label, e)
+            rejected = rejected or e
+    if chosen is None:
+        assert rejected is not None
+        raise rejected
+    seal, approval, ticket = chosen
     log.debug("using approved policy '%s' of seal '%s'", approval.label, seal.label)
     auth = None
     if seal.pin:
@@ -375,7 +391,7 @@ def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None 
             pin_text[:] = bytes(len(pin_text))
     srk = srk_from_ref(esapi, token.srk)
     try:
-        return unseal_signed(esapi, srk, seal, approval, auth)
+        return unseal_signed(esapi, srk, seal, approval, auth, ticket)
     finally:
         if auth is not None:
             auth.close()
