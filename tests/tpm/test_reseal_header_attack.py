@@ -401,3 +401,32 @@ def test_bogus_approval_in_front_of_the_real_one_does_not_stop_the_unlock(
     assert _unseals(image, other_swtpm)
     p = run_cli("test-unlock", image.dev, f"--tpm2-device={other_swtpm.tcti}")
     assert "ok" in p.stdout
+
+
+def test_seal_of_another_key_is_not_touched_and_does_not_stop_reseal(
+    image: Image, other_swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """A seal naming the attacker's key (with a description the attacker signed): reseal leaves it exactly
+    as it is, signs nothing for it, and still approves the real seal."""
+    key = tmp_path / "k.pem"
+    _enroll(image, other_swtpm, key)
+    evil = ensure_policy_key(str(tmp_path / "evil.pem"))[0]
+    tid, data = _token(image)
+    seal = parse_native(data).seals[0]
+    assert seal.signed is not None
+    from dataclasses import replace
+
+    from tpmseal.luks.tokens import render_native
+    from tpmseal.update.signed import make_approval
+
+    approval = make_approval(evil, seal.signed.approved[0].pcrs, seal.signed.policy_ref, "current")
+    signed = replace(seal.signed, public_key=evil.public, key_name=evil.name, approved=(approval,))
+    theirs = replace(seal, label="theirs", signed=signed)
+    theirs = replace(theirs, signed=replace(theirs.signed, description=desc.sign_description(evil, theirs, (7, 15))))  # type: ignore[arg-type]
+    data["seals"].append(render_native(replace(parse_native(data), seals=(theirs,)))["seals"][0])
+    Volume(image.dev).import_token(data, tid, replace=True)
+    before = _token(image)[1]["seals"][1]
+    assert _reseal(image, other_swtpm, key, "next-boot") == 0
+    after = _token(image)[1]
+    assert after["seals"][1] == before
+    assert _real_seal_approved(image, other_swtpm, "next-boot")
