@@ -104,6 +104,7 @@ NOT_AT_BOOT = {
     ("tpmseal.update.signed", "tpmseal.enroll"): "enroll_signed runs at enrollment, on the running system",
     ("tpmseal.update.signed", "tpmseal.wipe"): "only reseal and enroll_signed remove keyslots",
     ("tpmseal.update.signed", "tpmseal.update.description"): "enroll_signed signs the seal description",
+    ("tpmseal.inventory", "tpmseal.update.description"): "seal_infos runs for 'list', on the running system",
     ("tpmseal.interop.systemd_tpm2", "tpmseal.enroll"): "enroll_systemd_tpm2 runs at enrollment",
 }
 
