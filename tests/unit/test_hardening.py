@@ -13,61 +13,42 @@ Each check has a control: the same command with ``hardening.harden`` replaced by
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nobody import CLI, NOBODY, PYTHON, as_nobody, needs_root, nobody_dir, python_env
 
-import tpmseal
 from tpmseal import hardening
 
 pytestmark = pytest.mark.unit
 
-NOBODY = pwd.getpwnam("nobody")
-SRC = str(Path(tpmseal.__file__).resolve().parent.parent)
-SITE = next(p for p in sys.path if p.endswith("site-packages"))
-# The interpreter under /root (0700) is not reachable by nobody; the system one of the same minor version is.
-PYTHON = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin") or sys.executable
 NO_HARDENING = "import tpmseal.hardening as h; h.harden = lambda: h.State(); "
 READ, CLOCK_NANOSLEEP, ACCEPT4, POLL = 0, 230, 288, 7
 
 
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run processes as nobody")
-
-
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A directory that nobody can use (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="tpmseal-harden-"))
-    os.chown(d, NOBODY.pw_uid, NOBODY.pw_gid)
-    try:
+    with nobody_dir() as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def start(
-    cli: list[str], *, as_nobody: bool = True, harden: bool = True, memlock: str | None = None
+    cli: list[str], *, nobody: bool = True, harden: bool = True, memlock: str | None = None
 ) -> subprocess.Popen[bytes]:
-    """``tpmseal CLI…`` as its own process (as nobody unless told), with stdin a pipe the test holds open."""
-    code = ("" if harden else NO_HARDENING) + "import sys; from tpmseal.cli import main; sys.exit(main(sys.argv[1:]))"
-    argv = [PYTHON, "-c", code, *cli]
-    if as_nobody:
-        argv = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups", *argv]
+    """``tpmseal CLI…`` as its own process (as nobody unless told not to), with stdin a pipe the test holds open."""
+    argv = [PYTHON, "-c", ("" if harden else NO_HARDENING) + CLI, *cli]
+    if nobody:
+        argv = as_nobody(argv)
     limits = ["--core=unlimited"] + ([f"--memlock={memlock}"] if memlock else [])
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": f"{SRC}:{SITE}", "TSS2_LOG": "all+none"}
     return subprocess.Popen(
-        ["prlimit", *limits, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
+        ["prlimit", *limits, *argv],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
+    )  # fmt: skip
 
 
 def wait_in_syscall(p: subprocess.Popen[bytes], syscalls: set[int], timeout: float = 30.0) -> int:
@@ -141,12 +122,12 @@ def test_control_without_hardening_the_same_command_is_dumpable_with_a_core_limi
 
 def test_memory_is_locked_with_cap_ipc_lock_and_not_without_hardening(shared_dir: Path) -> None:
     needs_root()  # root has CAP_IPC_LOCK: RLIMIT_MEMLOCK does not bound it
-    p, pid = encrypt_blocked_on_secret(shared_dir / "a.cred", as_nobody=False)
+    p, pid = encrypt_blocked_on_secret(shared_dir / "a.cred", nobody=False)
     try:
         locked = vmlck_kb(pid)
     finally:
         stop(p)
-    p, pid = encrypt_blocked_on_secret(shared_dir / "b.cred", as_nobody=False, harden=False)
+    p, pid = encrypt_blocked_on_secret(shared_dir / "b.cred", nobody=False, harden=False)
     try:
         control = vmlck_kb(pid)
     finally:
@@ -183,7 +164,7 @@ def test_the_askpass_agent_is_not_dumpable_and_as_root_locks_its_memory(shared_d
         assert proc_owner(pid) == 0 and core_limit(pid) == "0 0"
     finally:
         stop(p)
-    p = start(agent, as_nobody=False)
+    p = start(agent, nobody=False)
     try:
         pid = wait_in_syscall(p, {CLOCK_NANOSLEEP})
         assert vmlck_kb(pid) > 1000 and core_limit(pid) == "0 0"
@@ -210,7 +191,7 @@ def test_the_credential_server_is_not_dumpable_and_as_root_locks_its_memory(shar
         assert proc_owner(pid) == 0 and core_limit(pid) == "0 0"
     finally:
         stop(p)
-    p, pid = serve("b.sock", as_nobody=False)
+    p, pid = serve("b.sock", nobody=False)
     try:
         assert vmlck_kb(pid) > 1000
     finally:

@@ -1,0 +1,141 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Local files another uid can plant or point elsewhere: the volume lock directory and lock files.
+
+Each attack has a control: the same step against a directory/file that is not hostile works (or, for a
+link, the weakened open without O_NOFOLLOW really writes through it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nobody import NOBODY, needs_root, nobody_dir, run_cli_as_nobody
+
+from tpmseal.lock import UnsafeLockDir, volume_lock
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    v = tmp_path / "disk.img"
+    v.write_bytes(b"\0" * 4096)
+    return v
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "run"
+    monkeypatch.setenv("TPMSEAL_RUNTIME_DIR", str(d))
+    return d
+
+
+def lock_name(volume: Path) -> str:
+    st = volume.stat()
+    return f"volume-{st.st_dev}-{st.st_ino}.lock"
+
+
+def test_control_a_private_lock_dir_is_created_0700_and_used(volume: Path, runtime: Path) -> None:
+    with volume_lock(str(volume)):
+        pass
+    assert runtime.stat().st_mode & 0o777 == 0o700
+    assert (runtime / lock_name(volume)).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_lock_dir_owned_by_another_uid_is_refused(volume: Path, runtime: Path) -> None:
+    needs_root()
+    runtime.mkdir(mode=0o700)
+    os.chown(runtime, NOBODY.pw_uid, NOBODY.pw_gid)  # planted by nobody before root's first run
+    with pytest.raises(UnsafeLockDir, match=f"belongs to uid {NOBODY.pw_uid}"), volume_lock(str(volume)):
+        pass
+    assert not (runtime / lock_name(volume)).exists()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770])
+def test_a_lock_dir_writable_by_group_or_others_is_refused(volume: Path, runtime: Path, mode: int) -> None:
+    runtime.mkdir()
+    runtime.chmod(mode)
+    with pytest.raises(UnsafeLockDir, match="writable by group or others"), volume_lock(str(volume)):
+        pass
+    runtime.chmod(0o755)  # control: the same directory, writable only by its owner
+    with volume_lock(str(volume)):
+        pass
+
+
+def test_a_symlinked_lock_dir_is_not_followed(volume: Path, runtime: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    runtime.symlink_to(elsewhere)
+    with pytest.raises(UnsafeLockDir, match="symbolic link"), volume_lock(str(volume)):
+        pass
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_symlink_planted_as_the_lock_file_is_not_followed(
+    volume: Path, runtime: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    (runtime / lock_name(volume)).symlink_to(victim)
+    with pytest.raises(UnsafeLockDir, match="symbolic link"), volume_lock(str(volume)):
+        pass
+    assert not victim.exists()
+    monkeypatch.setattr(os, "O_NOFOLLOW", 0)  # control: the open of old, without O_NOFOLLOW
+    with volume_lock(str(volume)):
+        pass
+    assert victim.exists()  # it created the file the link points to
+
+
+def test_a_lock_file_owned_by_another_uid_is_refused(volume: Path, runtime: Path) -> None:
+    needs_root()
+    runtime.mkdir(mode=0o700)
+    planted = runtime / lock_name(volume)
+    planted.touch(mode=0o600)
+    os.chown(planted, NOBODY.pw_uid, NOBODY.pw_gid)
+    with pytest.raises(UnsafeLockDir, match="belongs to uid"), volume_lock(str(volume)):
+        pass
+
+
+def test_a_lock_path_that_is_a_fifo_is_refused(volume: Path, runtime: Path) -> None:
+    runtime.mkdir(mode=0o700)
+    os.mkfifo(runtime / lock_name(volume), 0o600)
+    with pytest.raises(UnsafeLockDir, match="not a regular file"), volume_lock(str(volume)):
+        pass
+
+
+@pytest.fixture
+def nobody_tmp() -> Iterator[Path]:
+    with nobody_dir() as d:
+        yield d
+
+
+def test_a_non_root_caller_does_not_touch_a_root_made_run_tpmseal(nobody_tmp: Path) -> None:
+    needs_root()
+    os.makedirs("/run/tpmseal", mode=0o700, exist_ok=True)  # what a root tpmseal leaves behind
+    image = nobody_tmp / "disk.img"
+    image.write_bytes(b"\0" * 4096)
+    os.chown(image, NOBODY.pw_uid, NOBODY.pw_gid)
+    p = run_cli_as_nobody("wipe-slot", str(image), "--wipe-slot=empty", env={"TMPDIR": str(nobody_tmp)})
+    assert "Traceback" not in p.stderr and "lock" not in p.stderr, p.stderr
+    assert p.returncode == 3, p.stderr  # it got past the lock, to "not a LUKS2 volume"
+    private = nobody_tmp / f"tpmseal-{NOBODY.pw_uid}"
+    assert private.stat().st_uid == NOBODY.pw_uid and private.stat().st_mode & 0o777 == 0o700
+    # control: the root-made directory is indeed unusable for nobody (the traceback of old came from here)
+    q = run_cli_as_nobody("wipe-slot", str(image), "--wipe-slot=empty", env={"TPMSEAL_RUNTIME_DIR": "/run/tpmseal"})
+    assert q.returncode == 1 and "Traceback" not in q.stderr, q.stderr
+    assert "tpmseal: error: no usable directory for the volume lock (/run/tpmseal: Permission denied)" in q.stderr
+
+
+def test_a_per_uid_dir_squatted_by_another_uid_gives_a_clear_error(nobody_tmp: Path) -> None:
+    needs_root()
+    image = nobody_tmp / "disk.img"
+    image.write_bytes(b"\0" * 4096)
+    os.chown(image, NOBODY.pw_uid, NOBODY.pw_gid)
+    (nobody_tmp / f"tpmseal-{NOBODY.pw_uid}").mkdir(mode=0o777)  # root (the other uid here) got there first
+    os.chmod(nobody_tmp / f"tpmseal-{NOBODY.pw_uid}", 0o777)
+    p = run_cli_as_nobody("wipe-slot", str(image), "--wipe-slot=empty", env={"TMPDIR": str(nobody_tmp)})
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "belongs to uid 0, not to uid" in p.stderr and "TPMSEAL_RUNTIME_DIR" in p.stderr
