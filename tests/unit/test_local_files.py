@@ -139,3 +139,72 @@ def test_a_per_uid_dir_squatted_by_another_uid_gives_a_clear_error(nobody_tmp: P
     p = run_cli_as_nobody("wipe-slot", str(image), "--wipe-slot=empty", env={"TMPDIR": str(nobody_tmp)})
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert "belongs to uid 0, not to uid" in p.stderr and "TPMSEAL_RUNTIME_DIR" in p.stderr
+
+
+# --------------------------------------------------------------------------- creds install --root
+
+UNIT = "db.service"
+
+
+def image_root(tmp_path: Path, link: str) -> tuple[Path, Path]:
+    """An image root whose ``link`` (etc/tpmseal or etc/systemd/system) is a symlink to a host directory."""
+    root, host = tmp_path / "image", tmp_path / "host"
+    host.mkdir()
+    (root / Path(link).parent).mkdir(parents=True)
+    (root / link).symlink_to(host)
+    return root, host
+
+
+@pytest.mark.parametrize("link", ["etc/tpmseal", "etc/systemd/system", "etc"])
+def test_creds_install_does_not_follow_a_symlink_out_of_the_root(
+    tmp_path: Path, link: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tpmseal.config.files import UnsafePath
+    from tpmseal.creds import store
+
+    root, host = image_root(tmp_path, link)
+    with pytest.raises(UnsafePath, match="outside"):
+        store.install(root, UNIT, "db", b"credential")
+    assert list(host.rglob("*")) == []
+    monkeypatch.setattr(store, "contained", lambda root, path: None)  # control: without the check
+    store.install(root, UNIT, "db", b"credential")
+    assert list(host.rglob("*.cred")) or list(host.rglob("*.conf"))  # it wrote into the host
+
+
+def test_creds_install_refuses_a_symlinked_credential_file(tmp_path: Path) -> None:
+    from tpmseal.config.files import UnsafePath
+    from tpmseal.creds import store
+
+    root = tmp_path / "image"
+    cred = store.credential_path(root, UNIT, "db")
+    cred.parent.mkdir(parents=True)
+    target = tmp_path / "host-file"
+    cred.symlink_to(target)
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        store.install(root, UNIT, "db", b"credential")
+    assert not target.exists()
+
+
+def test_creds_uninstall_does_not_delete_through_a_symlink_out_of_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tpmseal.config.files import UnsafePath
+    from tpmseal.creds import store
+
+    root, host = image_root(tmp_path, "etc/tpmseal")
+    victim = host / "creds" / UNIT / "db.cred"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"the host's own credential")
+    with pytest.raises(UnsafePath):
+        store.uninstall(root, UNIT, "db")
+    assert victim.exists()
+    monkeypatch.setattr(store, "contained", lambda root, path: None)  # control
+    store.uninstall(root, UNIT, "db")
+    assert not victim.exists()
+
+
+def test_control_creds_install_into_a_plain_root_works(tmp_path: Path) -> None:
+    from tpmseal.creds import store
+
+    done = store.install(tmp_path, UNIT, "db", b"credential")
+    assert Path(done.credential).read_bytes() == b"credential" and Path(done.dropin).exists()
