@@ -208,3 +208,89 @@ def test_control_creds_install_into_a_plain_root_works(tmp_path: Path) -> None:
 
     done = store.install(tmp_path, UNIT, "db", b"credential")
     assert Path(done.credential).read_bytes() == b"credential" and Path(done.dropin).exists()
+
+
+# --------------------------------------------------------------------------- the policy signing key
+
+
+@pytest.fixture
+def keydir(tmp_path: Path) -> Path:
+    d = tmp_path / "etc-tpmseal"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def test_control_the_policy_key_is_created_0600_and_loads(keydir: Path) -> None:
+    from tpmseal.update.signed import ensure_policy_key, load_policy_key
+
+    old = os.umask(0)  # a careless umask does not widen it
+    try:
+        key, created = ensure_policy_key(str(keydir / "policy-key.pem"))
+    finally:
+        os.umask(old)
+    assert created
+    assert (keydir / "policy-key.pem").stat().st_mode & 0o777 == 0o600
+    assert load_policy_key(str(keydir / "policy-key.pem")).name == key.name
+
+
+def test_a_dangling_symlink_planted_as_the_policy_key_is_not_written_through(keydir: Path, tmp_path: Path) -> None:
+    from tpmseal.update.signed import PolicyKeyError, ensure_policy_key
+
+    target = tmp_path / "attacker-reads-this.pem"
+    (keydir / "policy-key.pem").symlink_to(target)
+    with pytest.raises(PolicyKeyError, match="symbolic link"):
+        ensure_policy_key(str(keydir / "policy-key.pem"))
+    assert not target.exists()
+
+
+def test_a_symlinked_policy_key_is_refused_even_when_it_points_to_a_good_key(keydir: Path, tmp_path: Path) -> None:
+    from tpmseal.update.signed import PolicyKeyError, ensure_policy_key, load_policy_key
+
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    ensure_policy_key(str(real / "k.pem"))
+    (keydir / "policy-key.pem").symlink_to(real / "k.pem")
+    with pytest.raises(PolicyKeyError, match="symbolic link"):
+        load_policy_key(str(keydir / "policy-key.pem"))
+    load_policy_key(str(real / "k.pem"))  # control: the key itself is fine
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644])
+def test_a_policy_key_readable_or_writable_by_others_is_refused(keydir: Path, mode: int) -> None:
+    from tpmseal.update.signed import PolicyKeyError, ensure_policy_key, load_policy_key
+
+    path = keydir / "policy-key.pem"
+    ensure_policy_key(str(path))
+    path.chmod(mode)
+    with pytest.raises(PolicyKeyError, match="by group or others"):
+        load_policy_key(str(path))
+    path.chmod(0o400)  # control: the same key, private again
+    load_policy_key(str(path))
+
+
+def test_a_policy_key_owned_by_another_uid_is_refused(keydir: Path) -> None:
+    needs_root()
+    from tpmseal.update.signed import PolicyKeyError, ensure_policy_key, load_policy_key
+
+    path = keydir / "policy-key.pem"
+    ensure_policy_key(str(path))
+    os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)  # nobody's key, swapped in: it would approve nobody's states
+    with pytest.raises(PolicyKeyError, match=f"belongs to uid {NOBODY.pw_uid}"):
+        load_policy_key(str(path))
+    os.chown(path, 0, 0)  # control
+    load_policy_key(str(path))
+
+
+def test_a_policy_key_in_a_directory_others_can_write_is_refused(keydir: Path) -> None:
+    from tpmseal.update.signed import PolicyKeyError, ensure_policy_key, load_policy_key
+
+    path = keydir / "policy-key.pem"
+    ensure_policy_key(str(path))
+    keydir.chmod(0o777)  # anyone could replace the key file
+    with pytest.raises(PolicyKeyError, match="writable by group or others"):
+        load_policy_key(str(path))
+    with pytest.raises(PolicyKeyError, match="writable by group or others"):
+        ensure_policy_key(str(keydir / "new.pem"))
+    assert not (keydir / "new.pem").exists()
+    keydir.chmod(0o755)  # control
+    load_policy_key(str(path))
