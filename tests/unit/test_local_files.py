@@ -220,7 +220,7 @@ def keydir(tmp_path: Path) -> Path:
     return d
 
 
-def test_control_the_policy_key_is_created_0600_and_loads(keydir: Path) -> None:
+def test_control_the_policy_key_is_created_0400_and_loads(keydir: Path) -> None:
     from tpmseal.update.signed import ensure_policy_key, load_policy_key
 
     old = os.umask(0)  # a careless umask does not widen it
@@ -229,7 +229,7 @@ def test_control_the_policy_key_is_created_0600_and_loads(keydir: Path) -> None:
     finally:
         os.umask(old)
     assert created
-    assert (keydir / "policy-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (keydir / "policy-key.pem").stat().st_mode & 0o777 == 0o400
     assert load_policy_key(str(keydir / "policy-key.pem")).name == key.name
 
 
@@ -294,3 +294,87 @@ def test_a_policy_key_in_a_directory_others_can_write_is_refused(keydir: Path) -
     assert not (keydir / "new.pem").exists()
     keydir.chmod(0o755)  # control
     load_policy_key(str(path))
+
+
+# --------------------------------------------------------------------------- --tpm2-device on the wrong file
+
+
+@pytest.fixture
+def luks1(tmp_path: Path) -> Path:
+    import shutil
+    import subprocess
+
+    if not shutil.which("cryptsetup"):
+        pytest.skip("cryptsetup missing")
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"\0" * (4 << 20))
+    subprocess.run(
+        ["cryptsetup", "luksFormat", "--batch-mode", "--type=luks1", "--pbkdf-force-iterations=1000",
+         "--key-file=-", str(img)],
+        input=b"passphrase", check=True, capture_output=True,
+    )  # fmt: skip
+    return img
+
+
+def digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("spelling", ["{}", "device:{}", "swtpm:path={}", "mssim:path={}"])
+def test_tpm_info_refuses_a_luks_image_as_tpm2_device_and_leaves_it_byte_for_byte(luks1: Path, spelling: str) -> None:
+    from support import run_cli
+
+    before = digest(luks1)
+    p = run_cli("tpm", "info", f"--tpm2-device={spelling.format(luks1)}", check=2)
+    assert "it is a regular file" in p.stderr and "nothing was written" in p.stderr, p.stderr
+    assert digest(luks1) == before
+    assert luks1.read_bytes()[:6] == b"LUKS\xba\xbe"
+
+
+def test_open_tpm_refuses_a_regular_file_before_the_tcti_opens_it(luks1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tpmseal.errors import TpmsealError, TpmUnavailable
+    from tpmseal.tpm import device
+
+    before = digest(luks1)
+    for spelling in (str(luks1), f"device:{luks1}"):
+        with pytest.raises(TpmUnavailable, match="regular file"), device.open_tpm(spelling):
+            pass
+    assert digest(luks1) == before
+    # control: without the check the device TCTI really writes TPM command bytes into the image
+    monkeypatch.setattr(device, "check_device", lambda *a, **k: None)
+    try:
+        with device.open_tpm(f"device:{luks1}"):
+            pass
+    except TpmsealError:
+        pass
+    assert digest(luks1) != before
+
+
+def test_character_devices_sockets_and_tcti_strings_are_accepted(tmp_path: Path) -> None:
+    import socket
+
+    from tpmseal.errors import TpmUnavailable
+    from tpmseal.tpm.device import check_device, tcti_for
+
+    sock = tmp_path / "swtpm.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(sock))
+        for ok in ("/dev/null", "device:/dev/null", f"swtpm:path={sock}", "swtpm:host=localhost,port=2321", "mssim"):
+            check_device(ok)
+        assert tcti_for("/dev/null") == "device:/dev/null"
+        with pytest.raises(TpmUnavailable, match="is a socket") as e:
+            check_device(str(sock))  # a bare socket path: told how to spell it
+        assert f"swtpm:path={sock}" in e.value.hint
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo"])
+def test_other_non_devices_are_refused_as_tpm2_device(tmp_path: Path, kind: str) -> None:
+    from tpmseal.errors import TpmUnavailable
+    from tpmseal.tpm.device import check_device
+
+    p = tmp_path / kind
+    p.mkdir() if kind == "dir" else os.mkfifo(p)
+    with pytest.raises(TpmUnavailable, match=f"it is a {'directory' if kind == 'dir' else 'FIFO'}"):
+        check_device(f"device:{p}")

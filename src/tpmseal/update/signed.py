@@ -159,7 +159,7 @@ def load_policy_key(path: str = DEFAULT_KEY_PATH) -> PolicyKey:
 
 
 def ensure_policy_key(path: str = DEFAULT_KEY_PATH) -> tuple[PolicyKey, bool]:
-    """The policy key at ``path``; created (ECC P-256, PEM, mode 0600, directory 0700) when absent.
+    """The policy key at ``path``; created (ECC P-256, PEM, mode 0400, directory 0700) when absent.
 
     Returns (key, created). Creation is O_EXCL|O_NOFOLLOW: two enrollments at once cannot overwrite each
     other's key, and a planted symbolic link (even a dangling one) is never written through.
@@ -175,11 +175,11 @@ def ensure_policy_key(path: str = DEFAULT_KEY_PATH) -> tuple[PolicyKey, bool]:
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
     except FileExistsError:
         return load_policy_key(path), False
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask
+        os.fchmod(fd, 0o400)  # whatever the umask
         view = memoryview(pem)
         while view:
             view = view[os.write(fd, view) :]
