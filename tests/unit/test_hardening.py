@@ -28,7 +28,7 @@ from tpmseal import hardening
 pytestmark = pytest.mark.unit
 
 NO_HARDENING = "import tpmseal.hardening as h; h.harden = lambda: h.State(); "
-READ, CLOCK_NANOSLEEP, ACCEPT4, POLL = 0, 230, 288, 7
+READ, READV, CLOCK_NANOSLEEP, ACCEPT4, POLL = 0, 19, 230, 288, 7
 
 
 @pytest.fixture
@@ -233,3 +233,29 @@ def test_main_hardens_before_the_subcommand_reads_anything(monkeypatch: pytest.M
     monkeypatch.setattr(hardening, "harden", harden)
     with pytest.raises(Hardened):  # hardening came first, before the command looked at the file
         cli.main(["creds", "inspect", str(cred)])
+
+
+def test_enroll_blocked_on_the_volume_passphrase_is_hardened(shared_dir: Path) -> None:
+    needs_root()
+    from support import make_luks2
+
+    image = make_luks2(shared_dir / "disk.img")
+    os.chown(image.path, NOBODY.pw_uid, NOBODY.pw_gid)
+    p = start(["enroll", image.dev], nobody=False)
+    try:
+        pid = wait_in_syscall(p, {READ, READV})  # prompt.ask reads with readv
+        assert vmlck_kb(pid) > 1000 and core_limit(pid) == "0 0"
+    finally:
+        stop(p)
+    env_tmp = shared_dir / "tmp"
+    env_tmp.mkdir()
+    os.chown(env_tmp, NOBODY.pw_uid, NOBODY.pw_gid)
+    p = subprocess.Popen(
+        ["prlimit", "--core=unlimited", *as_nobody([PYTHON, "-c", CLI, "enroll", image.dev])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(TMPDIR=str(env_tmp)),
+    )  # fmt: skip
+    try:
+        pid = wait_in_syscall(p, {READ, READV})  # prompt.ask reads with readv
+        assert proc_owner(pid) == 0 and core_limit(pid) == "0 0"
+    finally:
+        stop(p)
