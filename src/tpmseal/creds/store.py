@@ -37,7 +37,10 @@ def dropin_path(root: Path | str, unit: str, name: str) -> Path:
 
 def contained(root: Path | str, path: Path) -> None:
     """Refuse ``path`` when it is a symbolic link or a directory on its way resolves outside ``root``
-    (the check of ``config apply``, tpmseal.config.files.check_inside)."""
+    (the check of ``config apply``, tpmseal.config.files.check_inside). A root that does not exist yet holds
+    no link: ``install`` checks again once it has made the directories."""
+    if not os.path.isdir(root):
+        return
     check_inside(Target(str(root), "/" + os.path.relpath(path, root)))
 
 

@@ -44,9 +44,9 @@ def _require(path: str, want: int, what: str, must_exist: bool) -> None:
     except FileNotFoundError:
         if not must_exist:
             return
-        raise TpmUnavailable(f"no TPM at '{path}': it does not exist", DEVICE_HINT) from None
+        raise TpmUnavailable(f"cannot open TPM '{path}': it does not exist", DEVICE_HINT) from None
     except OSError as e:
-        raise TpmUnavailable(f"cannot use '{path}' as a TPM: {e.strerror}", DEVICE_HINT) from None
+        raise TpmUnavailable(f"cannot open TPM '{path}': {e.strerror}", DEVICE_HINT) from None
     if stat.S_IFMT(st.st_mode) != want:
         raise TpmUnavailable(
             f"refusing --tpm2-device '{path}': it is {_kind(st.st_mode)}, not {what}; nothing was written to it",
