@@ -7,7 +7,8 @@ may hold a passphrase, a PIN, an unsealed key or a credential) and so covers the
 
 - makes the process non-dumpable (``PR_SET_DUMPABLE`` 0): no core file, and another process of the same
   uid can no longer ptrace it or read ``/proc/PID/mem``; its ``/proc/PID`` files belong to root;
-- sets ``RLIMIT_CORE`` to 0 (soft and hard), inherited by the programs it runs;
+- sets the soft ``RLIMIT_CORE`` to 0 (what a crash obeys), inherited by the programs it runs; the hard
+  limit stays, so a test or caller running tpmseal in-process can still raise the limit for its other children;
 - locks its memory (``mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT)``: pages are locked as they are touched,
   so nothing it holds goes to swap) when the kernel allows it without a limit that could make a later
   allocation fail: with ``CAP_IPC_LOCK`` (root) or an unlimited ``RLIMIT_MEMLOCK``. Otherwise memory stays
@@ -101,7 +102,7 @@ def harden() -> State:
         return _state
     st = State()
     with contextlib.suppress(OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         st.core_off = True
     libc = _libc()
     if libc is None:
