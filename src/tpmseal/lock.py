@@ -58,9 +58,11 @@ def _open_lock_dir() -> tuple[str, int]:
     """The lock directory and an O_DIRECTORY fd of it; created 0700 if absent, refused if it is a symbolic
     link, not ours, or writable by others. A clear error, never a traceback, when none is usable."""
     problems: list[str] = []
+    override = bool(os.environ.get("TPMSEAL_RUNTIME_DIR"))
     for d in _candidates():
         try:
-            os.makedirs(os.path.dirname(d) or "/", exist_ok=True)
+            if override:  # only a directory asked for by name gets its parents made
+                os.makedirs(os.path.dirname(d) or "/", exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(d, 0o700)
             fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -378,3 +378,21 @@ def test_other_non_devices_are_refused_as_tpm2_device(tmp_path: Path, kind: str)
     p.mkdir() if kind == "dir" else os.mkfifo(p)
     with pytest.raises(TpmUnavailable, match=f"it is a {'directory' if kind == 'dir' else 'FIFO'}"):
         check_device(f"device:{p}")
+
+
+def test_a_missing_xdg_runtime_dir_is_not_created_and_the_per_uid_dir_is_used(nobody_tmp: Path) -> None:
+    needs_root()
+    image = nobody_tmp / "disk.img"
+    image.write_bytes(b"\0" * 4096)
+    os.chown(image, NOBODY.pw_uid, NOBODY.pw_gid)
+    xdg = nobody_tmp / "run-user"  # set, but (as with su without a session) not there
+    env = {"TMPDIR": str(nobody_tmp), "XDG_RUNTIME_DIR": str(xdg)}
+    p = run_cli_as_nobody("wipe-slot", str(image), "--wipe-slot=empty", env=env)
+    assert p.returncode == 3 and "lock" not in p.stderr, p.stderr
+    assert not xdg.exists()
+    assert (nobody_tmp / f"tpmseal-{NOBODY.pw_uid}").is_dir()
+    xdg.mkdir(mode=0o700)
+    os.chown(xdg, NOBODY.pw_uid, NOBODY.pw_gid)
+    p = run_cli_as_nobody("wipe-slot", str(image), "--wipe-slot=empty", env=env)
+    assert p.returncode == 3, p.stderr
+    assert (xdg / "tpmseal").stat().st_uid == NOBODY.pw_uid  # the session's runtime directory comes first
