@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from tpmseal import __version__
+from tpmseal import __version__, hardening
 from tpmseal.cliopts import add_tpm2_device
 from tpmseal.cliopts import print_json as _print_json
 from tpmseal.config.command import register as register_config
@@ -537,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="tpmseal: %(message)s",
         stream=sys.stderr,
     )
+    # Before any subcommand reads a passphrase, PIN, key or credential: no core dumps, no ptrace by the
+    # same uid, memory locked where the kernel allows it (tpmseal.hardening; never fails).
+    hardening.harden()
     try:
         return int(args.func(args))
     except TpmsealError as e:

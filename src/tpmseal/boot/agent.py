@@ -143,6 +143,9 @@ def serve(
     idle_exit: float | None = None,
 ) -> int:
     """Answer requests until stopped (SIGTERM at switch-root), or after ``idle_exit`` seconds idle."""
+    from tpmseal.hardening import harden
+
+    harden()  # already done by the CLI; each forked child locks its memory again (at-fork hook)
     warm_up()
     seen: set[tuple[str, int]] = set()
     idle_since = time.monotonic()

@@ -274,8 +274,10 @@ def bind_socket(path: str | Path = SOCKET, backlog: int = 512) -> socket.socket:
 
 def serve(socket_path: str | None, root: str, tpm_device: str, idle_exit: float | None, timeout: float = 10.0) -> int:
     """``tpmseal creds serve``: the socket from systemd if it passed one, else bind ``socket_path``."""
+    from tpmseal.hardening import harden
     from tpmseal.tpm.device import quiet_tss_logging
 
+    harden()  # already done by the CLI: up to 1 MiB of plaintext per request stays out of cores and swap
     quiet_tss_logging()
     listener = activated_socket() if socket_path is None else None
     owned = listener is None

@@ -6,7 +6,9 @@
   rendered from ``templates/credential-dropin.conf.j2``.
 
 Every write is atomic (a temporary file in the same directory, fsync, rename, fsync of the directory),
-and ``root`` (``--root``) prefixes every path, for images and tests.
+and ``root`` (``--root``) prefixes every path, for images and tests. No path leaves the root: a symbolic link
+on the way (``etc/tpmseal`` or ``etc/systemd/system`` pointing out of an image) is refused, with the check
+``config apply`` uses.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tpmseal.config.files import Target, check_inside
 from tpmseal.creds.envelope import UNIT_SECTIONS, check_name, check_unit
 from tpmseal.errors import TpmsealError
 
@@ -30,6 +33,15 @@ def credential_path(root: Path | str, unit: str, name: str) -> Path:
 
 def dropin_path(root: Path | str, unit: str, name: str) -> Path:
     return Path(root, UNIT_DIR, f"{check_unit(unit)}.d", f"tpmseal-{check_name(name)}.conf")
+
+
+def contained(root: Path | str, path: Path) -> None:
+    """Refuse ``path`` when it is a symbolic link or a directory on its way resolves outside ``root``
+    (the check of ``config apply``, tpmseal.config.files.check_inside). A root that does not exist yet holds
+    no link: ``install`` checks again once it has made the directories."""
+    if not os.path.isdir(root):
+        return
+    check_inside(Target(str(root), "/" + os.path.relpath(path, root)))
 
 
 def atomic_write(path: Path, data: bytes | bytearray, mode: int) -> None:
@@ -92,8 +104,12 @@ def install(root: Path | str, unit: str, name: str, data: bytes) -> Installed:
     unit = check_unit(unit)
     cred = credential_path(root, unit, name)
     dropin = dropin_path(root, unit, name)
+    for p in (cred, dropin):
+        contained(root, p)  # before a directory is made: a symlinked etc/tpmseal must not lead out
     for d, mode in ((cred.parent, 0o700), (dropin.parent, 0o755)):
         d.mkdir(parents=True, exist_ok=True, mode=mode)
+    for p in (cred, dropin):
+        contained(root, p)  # again, now that the directories exist
     atomic_write(cred, data, 0o600)
     shown = "/" + str(Path(STORE, unit, cred.name))
     atomic_write(dropin, render_dropin(unit, name, shown).encode(), 0o644)
@@ -105,6 +121,7 @@ def uninstall(root: Path | str, unit: str, name: str) -> list[str]:
     unit = check_unit(unit)
     removed = []
     for p in (dropin_path(root, unit, name), credential_path(root, unit, name)):
+        contained(root, p)
         try:
             p.unlink()
         except FileNotFoundError:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -16,8 +17,72 @@ if TYPE_CHECKING:
 DEFAULT_DEVICE = "/dev/tpmrm0"
 
 
+DEVICE_HINT = "use auto, a TPM character device (/dev/tpmrm0), device:PATH, swtpm:path=SOCK or another TCTI string"
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+    ):
+        if test(mode):
+            return name
+    return "not a device"
+
+
+def _require(path: str, want: int, what: str, must_exist: bool) -> None:
+    """``path`` (symlinks followed, as the TCTI will) must be of type ``want`` (stat.S_IFCHR / S_IFSOCK).
+
+    A regular file or a block device would receive TPM command bytes: a disk image or a LUKS header given
+    by mistake as --tpm2-device is refused before anything opens it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not must_exist:
+            return
+        raise TpmUnavailable(f"cannot open TPM '{path}': it does not exist", DEVICE_HINT) from None
+    except OSError as e:
+        raise TpmUnavailable(f"cannot open TPM '{path}': {e.strerror}", DEVICE_HINT) from None
+    if stat.S_IFMT(st.st_mode) != want:
+        raise TpmUnavailable(
+            f"refusing --tpm2-device '{path}': it is {_kind(st.st_mode)}, not {what}; nothing was written to it",
+            DEVICE_HINT,
+        )
+
+
+def check_device(device: str, must_exist: bool = True) -> None:
+    """Refuse a ``--tpm2-device`` that names the wrong kind of file: a path or ``device:PATH`` must be a
+    character device, ``swtpm:path=``/``mssim:path=`` a socket. A bare path that is a socket is refused with a
+    hint to write ``swtpm:path=``. Nothing is opened. ``must_exist=False`` (the command line, before any
+    prompt) lets a missing path through, to be reported when the TPM is opened."""
+    if device in ("", "auto", "swtpm", "mssim", "device"):
+        return
+    if device.startswith("/"):
+        try:
+            if stat.S_ISSOCK(os.stat(device).st_mode):
+                raise TpmUnavailable(f"--tpm2-device '{device}' is a socket", f"write swtpm:path={device} for swtpm")
+        except OSError:
+            pass
+        _require(device, stat.S_IFCHR, "a TPM character device", must_exist)
+        return
+    name, sep, conf = device.partition(":")
+    if not sep:
+        raise TpmUnavailable(f"invalid --tpm2-device '{device}'", DEVICE_HINT)
+    if name == "device" and conf:
+        _require(conf, stat.S_IFCHR, "a TPM character device", must_exist)
+    elif name in ("swtpm", "mssim"):
+        for item in conf.split(","):
+            key, _, value = item.partition("=")
+            if key.strip() == "path" and value:
+                _require(value, stat.S_IFSOCK, "a UNIX socket", must_exist)
+
+
 def tcti_for(device: str) -> str:
-    """Map ``--tpm2-device`` to a TCTI string.
+    """Map ``--tpm2-device`` to a TCTI string, after ``check_device``.
 
     ``auto`` is the kernel resource manager; a path is a kernel device; ``device:PATH``,
     ``swtpm:path=SOCK``, ``mssim:…`` and any other ``NAME:CONF`` are TCTI strings as they are.
@@ -29,14 +94,10 @@ def tcti_for(device: str) -> str:
                 "is a TPM 2.0 enabled in the firmware and its driver (tpm_tis/tpm_crb) loaded?",
             )
         return f"device:{DEFAULT_DEVICE}"
+    check_device(device)
     if device.startswith("/"):
         return f"device:{device}"
-    if ":" in device or device in ("swtpm", "mssim", "device"):
-        return device
-    raise TpmUnavailable(
-        f"invalid --tpm2-device '{device}'",
-        "use auto, a device path, device:PATH, swtpm:path=SOCK or another TCTI string",
-    )
+    return device
 
 
 def quiet_tss_logging() -> None:

@@ -100,17 +100,56 @@ def policy_key_from_private(private: EllipticCurvePrivateKey) -> PolicyKey:
     return PolicyKey(private, public, key_name(public))
 
 
+def _check_key_owner(st: os.stat_result, what: str) -> None:
+    """The policy key and its directory belong to root (or whoever runs tpmseal), and only they may change
+    them; the key file, in addition, is readable by no one else."""
+    if st.st_uid not in (0, os.geteuid()):
+        raise PolicyKeyError(f"{what} belongs to uid {st.st_uid}; the policy key must be root's (or yours)")
+    if st.st_mode & 0o022:
+        raise PolicyKeyError(f"{what} is writable by group or others (mode {st.st_mode & 0o7777:o})")
+
+
+def _check_key_dir(directory: str) -> None:
+    import stat
+
+    try:
+        st = os.lstat(directory)
+    except OSError as e:
+        raise PolicyKeyError(f"cannot use {directory} for the policy signing key: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PolicyKeyError(f"{directory} (the policy key's directory) is not a directory (a symbolic link?)")
+    _check_key_owner(st, directory)
+
+
 def load_policy_key(path: str = DEFAULT_KEY_PATH) -> PolicyKey:
+    """Read the policy key; refuse a symbolic link, a file not owned by root or the caller, or one that group
+    or others could read or write (with the key, anyone can approve a boot state for the volume)."""
+    import errno
+    import stat
+
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise PolicyKeyError(f"no policy signing key at {path}") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PolicyKeyError(f"{path} is a symbolic link; the policy key must be a regular file") from None
         raise PolicyKeyError(f"cannot read the policy signing key {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyKeyError(f"{path} is not a regular file")
+        _check_key_owner(st, path)
+        if st.st_mode & 0o077:
+            raise PolicyKeyError(
+                f"{path} is readable or writable by group or others (mode {st.st_mode & 0o7777:o})",
+                f"make it private: chmod 600 {path}, then consider the key exposed and rotate it",
+            )
+        data = f.read()
+    _check_key_dir(os.path.dirname(os.path.abspath(path)))
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except ValueError as e:
@@ -123,23 +162,28 @@ def load_policy_key(path: str = DEFAULT_KEY_PATH) -> PolicyKey:
 def ensure_policy_key(path: str = DEFAULT_KEY_PATH) -> tuple[PolicyKey, bool]:
     """The policy key at ``path``; created (ECC P-256, PEM, mode 0400, directory 0700) when absent.
 
-    Returns (key, created). Creation is O_EXCL: two enrollments at once cannot overwrite each other's key.
+    Returns (key, created). Creation is O_EXCL|O_NOFOLLOW: two enrollments at once cannot overwrite each
+    other's key, and a planted symbolic link (even a dangling one) is never written through.
     """
-    if os.path.exists(path):
+    if os.path.lexists(path):
         return load_policy_key(path), False
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    _check_key_dir(directory)
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
     except FileExistsError:
         return load_policy_key(path), False
     try:
-        os.write(fd, pem)
+        os.fchmod(fd, 0o400)  # whatever the umask
+        view = memoryview(pem)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
