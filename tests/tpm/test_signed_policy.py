@@ -66,8 +66,8 @@ def test_enroll_signed_creates_key_once_and_unseals_in_ten_commands(
         with open_tpm(f"swtpm:path={proxy.listen_sock}") as esapi, unseal_token(esapi, token) as raw:
             assert len(raw) == 32
         names = proxy.names()
-    assert names == ["PCR_Read", "LoadExternal", "VerifySignature", "FlushContext", "Load", "StartAuthSession",
-                     "PolicyPCR", "PolicyAuthorize", "Unseal", "FlushContext"], names  # fmt: skip
+    assert names == ["PCR_Read", "ReadPublic", "LoadExternal", "VerifySignature", "FlushContext", "Load",
+                     "StartAuthSession", "PolicyPCR", "PolicyAuthorize", "Unseal", "FlushContext"], names  # fmt: skip
     assert other_swtpm.loaded_handles() == []
     # a second volume reuses the key
     other = image.path.with_name("second.img")

@@ -66,7 +66,12 @@ def find_passphrase(volume: Volume, tpm_device: str, pin: PinSource | None = Non
                     phrase = openers[t.type](esapi, t.data, pin)
                 except PinRequired as e:
                     out.attempts.append(
-                        Attempt(t.id, t.type, "needs a PIN (not asked at unattended boot)", type(e).__name__)
+                        Attempt(
+                            t.id,
+                            t.type,
+                            "needs a PIN (" + ("none given" if pin else "not asked at unattended boot") + ")",
+                            type(e).__name__,
+                        )
                     )
                     continue
                 except TpmsealError as e:

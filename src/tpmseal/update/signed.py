@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt, TpmsealError, UsageError
+from tpmseal.errors import PolicyMismatch, TokenCorrupt, TpmsealError, UsageError
 from tpmseal.luks.tokens import Approval, NativeToken, Seal, SignedPolicy, now
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import Pcr, PcrSelection
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from tpmseal.enroll import EnrollResult
     from tpmseal.luks.volume import Header, Volume
+    from tpmseal.tpm.seal import PinKdf
     from tpmseal.unlock import PinSource
     from tpmseal.wipe import WipeSpec
 
@@ -344,7 +345,8 @@ def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None 
     """The raw key of a token with ``authorize`` seals: reads the PCRs once, picks the approved policy
     (of any authorize seal) whose values are all current, and unseals with it."""
     from tpmseal.tpm.seal import pin_auth
-    from tpmseal.tpm.srk import srk_from_ref
+    from tpmseal.tpm.srk import srk_from_tpm
+    from tpmseal.unlock import need_pin
 
     seals = [s for s in token.seals if s.signed is not None]
     if not seals:
@@ -363,17 +365,17 @@ def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None 
         raise mismatch(seals[0], current)
     seal, approval = chosen
     log.debug("using approved policy '%s' of seal '%s'", approval.label, seal.label)
+    srk = srk_from_tpm(esapi, token.srk)  # the TPM's key, checked, before any PIN is asked
     auth = None
-    if seal.pin:
-        if pin is None or seal.pin_salt is None:
-            raise PinRequired("this token needs a PIN")
-        pin_text = pin()
-        try:
-            auth = pin_auth(pin_text, seal.pin_salt)
-        finally:
-            pin_text[:] = bytes(len(pin_text))
-    srk = srk_from_ref(esapi, token.srk)
     try:
+        if seal.pin:
+            if seal.pin_kdf is None:
+                raise TokenCorrupt("a PIN seal without a PIN salt")
+            pin_text = need_pin(pin)
+            try:
+                auth = pin_auth(pin_text, seal.pin_kdf)
+            finally:
+                pin_text[:] = bytes(len(pin_text))
         return unseal_signed(esapi, srk, seal, approval, auth)
     finally:
         if auth is not None:
@@ -447,7 +449,7 @@ def enroll_signed(
     policy_ref = os.urandom(POLICY_REF_BYTES)
     wanted = PcrSelection(signed_pcrs.bank, tuple(sorted((*signed_pcrs.pcrs, *fixed.pcrs), key=lambda p: p.index)))
 
-    def make_seal(esapi: ESAPI, srk: Any, secret: Secret, auth: Secret | None, salt: bytes | None) -> tuple[Seal, bool]:
+    def make_seal(esapi: ESAPI, srk: Any, secret: Secret, auth: Secret | None, kdf: PinKdf | None) -> tuple[Seal, bool]:
         current = read_pcrs(esapi, wanted)
         approved_sel = signed_pcrs.with_values(current)
         fixed_full = fixed.with_values(current)
@@ -459,6 +461,6 @@ def enroll_signed(
         merged = PcrSelection(approved_sel.bank, tuple(sorted((*approved_sel.pcrs, *fixed_full.pcrs),
                                                               key=lambda p: p.index)))  # fmt: skip
         sealed = seal(esapi, srk, secret, policy, auth)
-        return Seal("enrolled", merged, policy, pin is not None, salt, sealed, signed), is_current
+        return Seal("enrolled", merged, policy, pin is not None, kdf, sealed, signed), is_current
 
     return enroll_native(volume, unlock_key, tpm_device, make_seal, pin, replace, wipe_spec, force, header)
