@@ -66,7 +66,7 @@ class PinKdf:
     def new(cls) -> PinKdf:
         import os
 
-        return cls(os.urandom(PIN_SALT_BYTES))
+        return cls(os.urandom(PIN_SALT_BYTES), SCRYPT, PIN_SCRYPT_LOG2_N, PIN_SCRYPT_R, PIN_SCRYPT_P)
 
     def derive(self, pin: bytearray) -> Secret:
         if not pin:
