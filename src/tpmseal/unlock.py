@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt
+from tpmseal.errors import PinRejected, PinRequired, PolicyMismatch, TokenCorrupt
 from tpmseal.luks.tokens import NATIVE_TYPE, NativeToken, Seal, parse_native
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import PcrSelection
@@ -83,6 +83,38 @@ def need_pin(pin: PinSource | None) -> bytearray:
     if not text:
         raise PinRequired("this token needs a PIN, and none was given")
     return text
+
+
+class PinGuard:
+    """One PIN for several tokens, never tried again after the TPM refused it.
+
+    ``source`` hands out the PIN until ``rejected(token)`` is called; after that it raises PinRejected
+    without a TPM command, so a wrong PIN costs one dictionary-attack try per run, not one per token.
+    """
+
+    def __init__(self, pin: PinSource | None) -> None:
+        self._pin = pin
+        self._rejected_by: int | None = None
+
+    def rejected(self, token: int) -> None:
+        if self._rejected_by is None:
+            self._rejected_by = token
+
+    @property
+    def source(self) -> PinSource | None:
+        if self._pin is None:
+            return None
+        pin = self._pin
+
+        def get() -> bytearray:
+            if self._rejected_by is not None:
+                raise PinRejected(
+                    f"not tried: the TPM refused this PIN for token {self._rejected_by}",
+                    hint="a PIN the TPM refused is never tried again; each try counts toward the TPM's lockout",
+                )
+            return pin()
+
+        return get
 
 
 def changed_pcrs(seal: Seal, current: dict[int, bytes]) -> list[int]:

@@ -451,3 +451,68 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "TSS2_LOG": "all+none"}
+
+
+def test_a_refused_pin_is_not_tried_on_the_next_token(image: Image, other_swtpm: Swtpm, proxy: TpmProxy) -> None:
+    """Two PIN tokens, one wrong PIN: one dictionary-attack try, not one per token."""
+    for extra in ([], ["--token-type=systemd-tpm2"]):
+        run_cli("enroll", image.dev, f"--tpm2-device={other_swtpm.tcti}", "--tpm2-with-pin", "--unlock-key-file",
+                str(image.keyfile), *extra, stdin=PIN + b"\n")  # fmt: skip
+    proxy.reset()
+    p = run_cli("test-unlock", image.dev, f"--tpm2-device={ptcti(proxy)}", "--json", stdin=b"9999\n", check=6)
+    results = json.loads(p.stdout)["results"]
+    assert [r["error_kind"] for r in results] == ["PinRejected", "PinRejected"], results
+    assert "not tried" in results[1]["error"]
+    assert proxy.count("Unseal") == 1
+    assert lockout_counter(other_swtpm) == 1
+    other_swtpm.clear_lockout()
+    run_cli("test-unlock", image.dev, f"--tpm2-device={other_swtpm.tcti}", stdin=PIN + b"\n")
+
+
+def test_an_empty_line_at_the_pin_prompt_asks_again(image: Image, other_swtpm: Swtpm) -> None:
+    """On a terminal (a pty here): Enter alone asks again, nothing reaches the TPM, then the PIN works."""
+    import os
+    import select
+    import sys
+    import termios
+    import time
+    from fcntl import ioctl
+
+    run_cli("enroll", image.dev, f"--tpm2-device={other_swtpm.tcti}", "--tpm2-with-pin", "--unlock-key-file",
+            str(image.keyfile), stdin=PIN + b"\n")  # fmt: skip
+    master, slave = os.openpty()
+
+    def controlling_tty() -> None:
+        os.setsid()
+        ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "tpmseal", "test-unlock", image.dev,
+                             f"--tpm2-device={other_swtpm.tcti}"], stdin=slave, stdout=slave, stderr=slave,
+                            env=_env(), preexec_fn=controlling_tty)  # fmt: skip
+    os.close(slave)
+    seen = b""
+
+    def wait_for(count: int) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while seen.count(b"TPM2 PIN for") < count and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        assert seen.count(b"TPM2 PIN for") >= count, seen
+
+    try:
+        wait_for(1)
+        os.write(master, b"\n")
+        wait_for(2)
+        assert lockout_counter(other_swtpm) == 0
+        os.write(master, PIN + b"\n")
+        assert proc.wait(timeout=60) == 0, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert lockout_counter(other_swtpm) == 0
