@@ -281,6 +281,8 @@ def unseal_systemd_tpm2(esapi: ESAPI, token: SystemdTpm2Token, pin: PinSource | 
         expected, _ = _policy_now(esapi, token)
         if expected != token.policy_hash:
             raise _mismatch(token)
+        if pin is None:
+            need_pin(pin)  # PinRequired before the parent is even created
     try:
         with _parent(esapi, token) as parent:
             if token.pin:

@@ -123,11 +123,8 @@ def srk_from_tpm(esapi: ESAPI, ref: SrkRef) -> Any:
 
 
 def _is_storage_key(public: Any) -> bool:
-    from tpm2_pytss import TPMA_OBJECT
-
-    a = public.publicArea.objectAttributes
-    need = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
-    return (a & need) == need and not (a & TPMA_OBJECT.SIGN_ENCRYPT)
+    """What enroll, unseal and doctor require of the key at the SRK handle (one test for all three)."""
+    return is_tpm_resident_parent(public)
 
 
 def ensure_srk(esapi: ESAPI) -> tuple[Any, SrkRef]:
