@@ -516,3 +516,29 @@ def test_an_empty_line_at_the_pin_prompt_asks_again(image: Image, other_swtpm: S
             proc.wait()
         os.close(master)
     assert lockout_counter(other_swtpm) == 0
+
+
+def test_systemd_tpm2_srk_from_the_header_is_checked_against_the_tpm_before_the_pin(
+    image: Image, other_swtpm: Swtpm, proxy: TpmProxy
+) -> None:
+    """``tpm2_srk`` (systemd ≥ 254) replaced by the attacker's key: refused after one ReadPublic, no PIN."""
+    from tpmseal.interop.systemd_tpm2 import parse_systemd_tpm2, unseal_systemd_tpm2
+
+    run_cli("enroll", image.dev, f"--tpm2-device={other_swtpm.tcti}", "--unlock-key-file", str(image.keyfile))
+    run_cli("enroll", image.dev, f"--tpm2-device={other_swtpm.tcti}", "--tpm2-with-pin", "--unlock-key-file",
+            str(image.keyfile), "--token-type=systemd-tpm2", stdin=PIN + b"\n")  # fmt: skip
+    [t] = [t for t in Volume(image.dev).header().tokens.values() if t.type == "systemd-tpm2"]
+    raw, _ = fake_esys_tr(attacker_public(ec.generate_private_key(ec.SECP256R1()), SRK_ATTRS))
+    token = parse_systemd_tpm2({**t.data, "tpm2_srk": base64.b64encode(raw).decode()})
+    asked: list[int] = []
+
+    def source() -> bytearray:
+        asked.append(1)
+        return bytearray(PIN)
+
+    proxy.reset()
+    with pytest.raises(WrongTpm, match="not the SRK this token was sealed under"), open_tpm(ptcti(proxy)) as esapi:
+        unseal_systemd_tpm2(esapi, token, source)
+    assert asked == [] and proxy.names() == ["PCR_Read", "ReadPublic"], proxy.names()
+    assert lockout_counter(other_swtpm) == 0
+    assert other_swtpm.loaded_handles() == []
