@@ -95,8 +95,8 @@ def srk_from_tpm(esapi: ESAPI, ref: SrkRef) -> Any:
     except TSS2_Exception as e:
         if e.error == TPM2_RC.HANDLE:
             raise WrongTpm(
-                f"the TPM has no key at the SRK handle {ref.handle:#x}",
-                "the TPM was cleared or its SRK removed; unlock with a passphrase and enroll again",
+                f"the TPM has no key at the SRK handle {ref.handle:#x}: sealed by another TPM, or the TPM was cleared",
+                "unlock with a passphrase and enroll again",
             ) from None
         raise tpm_error(e, "reading the SRK") from None
     try:
@@ -104,8 +104,9 @@ def srk_from_tpm(esapi: ESAPI, ref: SrkRef) -> Any:
         name = bytes(public.publicArea.get_name())
         if name != bytes(esapi.tr_get_name(tr)) or name != ref.name:
             raise WrongTpm(
-                f"the key at {ref.handle:#x} is not the SRK this token was sealed under (its name differs)",
-                "another TPM, a cleared TPM, a replaced SRK, or an edited token: unlock with a passphrase",
+                f"the key at {ref.handle:#x} is not the SRK this token was sealed under (another TPM, a cleared "
+                "TPM, a replaced SRK or an edited token)",
+                "unlock with a passphrase and enroll again",
             )
         if not is_tpm_resident_parent(public):
             raise WrongTpm(
