@@ -69,14 +69,15 @@ def _unlock_key(args: argparse.Namespace) -> Any:
 
 
 def _pin_source(args: argparse.Namespace) -> Callable[[], bytearray]:
-    """Asks once (terminal or stdin), then hands out copies the caller wipes."""
-    from tpmseal.prompt import ask
+    """Asks once (terminal or stdin), then hands out copies the caller wipes. An empty answer (no PIN)
+    is handed out as empty: the openers report PinRequired without sending anything to the TPM."""
+    from tpmseal.prompt import ask_pin
 
     cache: list[Any] = []
 
     def get() -> bytearray:
         if not cache:
-            cache.append(ask(f"TPM2 PIN for {args.device}: "))
+            cache.append(ask_pin(f"TPM2 PIN for {args.device}: "))
         return bytearray(cache[0].buffer)
 
     return get

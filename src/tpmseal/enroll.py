@@ -12,7 +12,6 @@ before still opens it. ``list`` reports it and the next enroll cleans it up.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,10 +37,11 @@ from tpmseal.wipe import WipeSpec, remove_keyslot, select, wipe
 if TYPE_CHECKING:
     from tpm2_pytss import ESAPI
 
+    from tpmseal.tpm.seal import PinKdf
+
 log = logging.getLogger("tpmseal")
 
 KEY_BYTES = 32
-PIN_SALT_BYTES = 16
 
 
 @dataclass
@@ -106,7 +106,7 @@ def add_with_token(
 
 # Seals the fresh key under one kind of policy: (esapi, SRK, key, PIN authValue or None, PIN salt or None)
 # -> (the seal for the token, whether its policy holds for the current PCR values).
-SealMaker = Callable[["ESAPI", Any, Secret, "Secret | None", "bytes | None"], tuple[Seal, bool]]
+SealMaker = Callable[["ESAPI", Any, Secret, "Secret | None", "PinKdf | None"], tuple[Seal, bool]]
 
 
 def enroll_native(
@@ -122,7 +122,7 @@ def enroll_native(
 ) -> EnrollResult:
     """Steps 2-7 for a native token, whatever the policy kind (``make_seal`` computes and seals it)."""
     from tpmseal.tpm.device import open_tpm
-    from tpmseal.tpm.seal import pin_auth
+    from tpmseal.tpm.seal import PinKdf, pin_auth
     from tpmseal.tpm.srk import ensure_srk
     from tpmseal.unlock import open_native
 
@@ -143,7 +143,7 @@ def enroll_native(
 
     with open_tpm(tpm_device) as esapi:
         srk_tr, srk_ref = ensure_srk(esapi)
-        salt = os.urandom(PIN_SALT_BYTES) if pin is not None else None
+        salt = PinKdf.new() if pin is not None else None  # per-seal salt, scrypt (token version 2)
         auth = pin_auth(pin.buffer, salt) if pin is not None and salt is not None else None
         with Secret.random(KEY_BYTES) as key:
             try:
@@ -185,7 +185,7 @@ def enroll_tpm(
     if volume_binding:
         selection = bind_volume(selection)
 
-    def make_seal(esapi: ESAPI, srk: Any, key: Secret, auth: Secret | None, salt: bytes | None) -> tuple[Seal, bool]:
+    def make_seal(esapi: ESAPI, srk: Any, key: Secret, auth: Secret | None, salt: PinKdf | None) -> tuple[Seal, bool]:
         current = read_pcrs(esapi, selection) if selection.pcrs else {}
         full = selection.with_values(current)
         policy = policy_digest(full, pin is not None)

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     MISSING_TOOL = 9  # cryptsetup (or another required program) missing
     BAD_KEY = 10  # the given passphrase / key file does not open the volume
     WRONG_TPM = 11  # object sealed by another TPM, or SRK changed
+    PIN_REQUIRED = 12  # the token needs a PIN and none was given (the TPM was not asked)
 
 
 class TpmsealError(Exception):
@@ -109,7 +110,11 @@ class PinRejected(TpmError):
         self.tries_left = tries_left
 
 
-class PinRequired(UsageError):
+class PinRequired(TpmsealError):
+    """A PIN token and no PIN (no terminal, empty stdin, an empty line): nothing was sent to the TPM,
+    so no dictionary-attack try was spent. Distinct from PinRejected (a wrong PIN, exit code 6)."""
+
+    exit_code = ExitCode.PIN_REQUIRED
     default_hint = "this token needs its PIN: type it, or give it on stdin"
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tpmseal.boot.measure import is_volume_bound
-from tpmseal.errors import TpmsealError
+from tpmseal.errors import PinRejected, TpmLockout, TpmsealError
 from tpmseal.interop import FOREIGN_TPM_TYPES, describe
 from tpmseal.luks.tokens import (
     NATIVE_TYPE,
@@ -19,7 +19,7 @@ from tpmseal.luks.tokens import (
     pending_keyslot,
 )
 from tpmseal.luks.volume import Header, Token, Volume
-from tpmseal.unlock import PinSource, changed_pcrs, read_pcrs, token_openers
+from tpmseal.unlock import PinGuard, PinSource, changed_pcrs, read_pcrs, token_openers
 
 TPM_TYPES = (NATIVE_TYPE, "systemd-tpm2")
 
@@ -252,6 +252,7 @@ def run_test_unlock(
     if not candidates:
         return []
     results: list[UnlockResult] = []
+    guard = PinGuard(pin)
     try:
         with open_tpm(tpm_device) as esapi:
             for t in candidates:
@@ -259,12 +260,14 @@ def run_test_unlock(
                 try:
                     if not t.keyslots:
                         raise TpmsealError(f"token {t.id} is not bound to any keyslot")
-                    with openers[t.type](esapi, t.data, pin) as phrase:
+                    with openers[t.type](esapi, t.data, guard.source) as phrase:
                         r.ok = all(volume.test_key(phrase.buffer, ks) for ks in t.keyslots)
                     if not r.ok:
                         r.error, r.error_kind = "the unsealed key does not open its keyslot", "KeyMismatch"
                 except TpmsealError as e:
                     r.error, r.error_kind = e.message, type(e).__name__
+                    if isinstance(e, PinRejected | TpmLockout):
+                        guard.rejected(t.id)
                 results.append(r)
     except TpmsealError as e:  # the TPM could not be opened
         done = {r.token for r in results}

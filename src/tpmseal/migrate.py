@@ -68,17 +68,21 @@ def _open_old(
     volume: Volume, tokens: list[Token], source_type: str, tpm_device: str, pin: PinSource | None
 ) -> tuple[Token, Secret]:
     """The first token of the type that opens its keyslot now, and its passphrase."""
+    from tpmseal.errors import PinRejected, TpmLockout
     from tpmseal.tpm.device import open_tpm
-    from tpmseal.unlock import token_openers
+    from tpmseal.unlock import PinGuard, token_openers
 
     opener = token_openers()[source_type]
     errors: list[TpmsealError] = []
+    guard = PinGuard(pin)  # a PIN the TPM refused is not tried on the next token
     with open_tpm(tpm_device) as esapi:
         for t in tokens:
             try:
-                phrase = opener(esapi, t.data, pin)
+                phrase = opener(esapi, t.data, guard.source)
             except TpmsealError as e:
                 errors.append(e)
+                if isinstance(e, PinRejected | TpmLockout):
+                    guard.rejected(t.id)
                 continue
             if all(volume.test_key(phrase.buffer, k) for k in t.keyslots):
                 return t, phrase

@@ -7,18 +7,20 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt
+from tpmseal.errors import PinRejected, PinRequired, PolicyMismatch, TokenCorrupt
 from tpmseal.luks.tokens import NATIVE_TYPE, NativeToken, Seal, parse_native
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import PcrSelection
 from tpmseal.tpm.seal import pin_auth, unseal
-from tpmseal.tpm.srk import srk_from_ref
+from tpmseal.tpm.srk import srk_from_tpm
 
 if TYPE_CHECKING:
     from tpm2_pytss import ESAPI
 
 log = logging.getLogger("tpmseal")
 
+# Hands out a copy of the PIN (the caller wipes it); raises PinRequired when there is none. May return
+# an empty bytearray (e.g. an empty line on stdin): openers treat that as no PIN (``need_pin``).
 PinSource = Callable[[], bytearray]
 # Opens one token type: (ESAPI, the token's JSON object, PIN source) -> the keyslot passphrase.
 TokenOpener = Callable[["ESAPI", dict[str, Any], PinSource | None], Secret]
@@ -69,6 +71,52 @@ def read_pcrs(esapi: ESAPI, selection: PcrSelection) -> dict[int, bytes]:
     return out
 
 
+def need_pin(pin: PinSource | None) -> bytearray:
+    """The PIN for a seal that needs one; PinRequired when there is no source or it gives an empty PIN.
+
+    Called only after every check that needs no PIN (SRK, PCRs): without a PIN the TPM never sees the
+    sealed object, so a missing PIN never costs a dictionary-attack try.
+    """
+    if pin is None:
+        raise PinRequired("this token needs a PIN")
+    text = pin()
+    if not text:
+        raise PinRequired("this token needs a PIN, and none was given")
+    return text
+
+
+class PinGuard:
+    """One PIN for several tokens, never tried again after the TPM refused it.
+
+    ``source`` hands out the PIN until ``rejected(token)`` is called; after that it raises PinRejected
+    without a TPM command, so a wrong PIN costs one dictionary-attack try per run, not one per token.
+    """
+
+    def __init__(self, pin: PinSource | None) -> None:
+        self._pin = pin
+        self._rejected_by: int | None = None
+
+    def rejected(self, token: int) -> None:
+        if self._rejected_by is None:
+            self._rejected_by = token
+
+    @property
+    def source(self) -> PinSource | None:
+        if self._pin is None:
+            return None
+        pin = self._pin
+
+        def get() -> bytearray:
+            if self._rejected_by is not None:
+                raise PinRejected(
+                    f"not tried: the TPM refused this PIN for token {self._rejected_by}",
+                    hint="a PIN the TPM refused is never tried again; each try counts toward the TPM's lockout",
+                )
+            return pin()
+
+        return get
+
+
 def changed_pcrs(seal: Seal, current: dict[int, bytes]) -> list[int]:
     return [p.index for p in seal.pcrs.pcrs if current.get(p.index) != p.value]
 
@@ -76,8 +124,10 @@ def changed_pcrs(seal: Seal, current: dict[int, bytes]) -> list[int]:
 def unseal_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None) -> Secret:
     """The raw sealed key of a native token. Tries the seal(s) whose PCR state is current.
 
-    With one seal it goes straight to the TPM (five commands); with several it reads the PCRs first
-    to pick the one that can work. The PIN is asked for only when a seal needs it.
+    With one seal it is six TPM commands: ReadPublic of the SRK (``srk_from_tpm``: WrongTpm before
+    anything else when it is not the token's), then the five of ``seal.unseal``. With several seals it
+    reads the PCRs first to pick the one that can work. The PIN is asked for only when a seal needs it,
+    after the SRK and the PCRs are checked (PCR_Read, then PolicyAuthValue: eight commands).
     """
     if not token.seals:
         raise TokenCorrupt("token has no seals")
@@ -95,7 +145,7 @@ def unseal_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None)
         if not matching:
             raise _mismatch(candidates[0], current)
         candidates = matching
-    srk = srk_from_ref(esapi, token.srk)
+    srk = srk_from_tpm(esapi, token.srk)
     try:
         seal = candidates[0]
         auth = None
@@ -104,11 +154,11 @@ def unseal_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None)
             now = read_pcrs(esapi, seal.pcrs) if seal.pcrs.pcrs else {}
             if changed_pcrs(seal, now):
                 raise _mismatch(seal, now)
-            if pin is None or seal.pin_salt is None:
-                raise PinRequired("this token needs a PIN")
-            pin_text = pin()
+            if seal.pin_kdf is None:
+                raise TokenCorrupt("a PIN seal without a PIN salt")
+            pin_text = need_pin(pin)
             try:
-                auth = pin_auth(pin_text, seal.pin_salt)
+                auth = pin_auth(pin_text, seal.pin_kdf)
             finally:
                 pin_text[:] = bytes(len(pin_text))
         try:

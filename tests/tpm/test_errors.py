@@ -117,7 +117,7 @@ def replace_token(image: Image, token_id: int, data: dict) -> None:
 @pytest.mark.parametrize(
     ("mutate", "code", "text"),
     [
-        (lambda t: t.update(version=2), 7, "version 2 is not supported"),
+        (lambda t: t.update(version=3), 7, "version 3 is not supported"),
         (lambda t: t.pop("srk"), 7, "missing field(s) srk"),
         (lambda t: t.update(extra=1), 7, "unknown field(s) extra"),
         (lambda t: t["seals"][0].update(private="AAAA"), 7, "cannot be decoded"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ def pin_values(image: Path) -> list[bytes]:
     """The PIN, SHA-256 of it (systemd's authValue) and the authValue of every native PIN seal."""
     out = [PIN, hashlib.sha256(PIN).digest()]
     for _, nt in native_tokens(Volume(str(image)).header()):
-        out += [hmac.new(s.pin_salt, PIN, hashlib.sha256).digest() for s in nt.seals if s.pin_salt]
+        out += [bytes(s.pin_kdf.derive(bytearray(PIN)).buffer) for s in nt.seals if s.pin_kdf]
     return out
 
 
@@ -219,11 +218,12 @@ def test_secret_buffers_are_zero_after_their_context(image: Image, swtpm: Swtpm)
         with open_native(esapi, t.data, pin_source) as phrase:
             held.append(("open_native result", phrase.buffer))
     assert handed_out and all(not any(b) for b in handed_out), "a PIN copy handed to unseal was not wiped"
-    salt = token.seals[0].pin_salt
-    assert salt is not None
-    with pin_auth(bytearray(PIN), salt) as auth:
+    kdf = token.seals[0].pin_kdf
+    assert kdf is not None
+    with pin_auth(bytearray(PIN), kdf) as auth:
         held.append(("pin_auth result", auth.buffer))
-        assert auth.buffer == hmac.new(salt, PIN, hashlib.sha256).digest()
+        salt = kdf.salt
+        assert auth.buffer == hashlib.scrypt(PIN, salt=salt, n=1 << kdf.log2_n, r=kdf.r, p=kdf.p, dklen=32)
     for s in (None, b"salt" * 4):
         with systemd_pin_auth(bytearray(PIN), s) as auth:
             held.append((f"systemd pin_auth (salt {s!r})", auth.buffer))

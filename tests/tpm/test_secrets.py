@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Secret hygiene and TPM cost: keys never in argv/env/files; unseal is five TPM commands, no leaks."""
+"""Secret hygiene and TPM cost: keys never in argv/env/files; unseal is six TPM commands, no leaks."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def test_key_and_pin_never_in_argv_env_or_files(image: Image, swtpm: Swtpm, tmp_
     assert not any(s in data for s in [*forms(key), phrase])
 
 
-def test_unseal_costs_five_tpm_commands(image: Image, swtpm: Swtpm, tmp_path: Path) -> None:
+def test_unseal_costs_six_tpm_commands(image: Image, swtpm: Swtpm, tmp_path: Path) -> None:
+    """ReadPublic of the SRK (the session is salted to the TPM's key, never the header's), then five."""
     run_cli("enroll", image.dev, f"--tpm2-device={swtpm.tcti}", "--unlock-key-file", str(image.keyfile))
     [(_, token)] = native_tokens(Volume(image.dev).header())
     with TpmProxy(swtpm.sock, tmp_path / "proxy") as proxy, open_tpm(f"swtpm:path={tmp_path}/proxy") as esapi:
@@ -84,7 +85,7 @@ def test_unseal_costs_five_tpm_commands(image: Image, swtpm: Swtpm, tmp_path: Pa
         with unseal_token(esapi, token) as raw:
             assert len(raw) == 32
         names = proxy.names()
-    assert names == ["Load", "StartAuthSession", "PolicyPCR", "Unseal", "FlushContext"]
+    assert names == ["ReadPublic", "Load", "StartAuthSession", "PolicyPCR", "Unseal", "FlushContext"]
 
 
 def test_unseal_response_crosses_the_bus_encrypted(image: Image, swtpm: Swtpm, tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def _opens_with_token(image: Image, tpm: Swtpm, pin: bytes | None = None) -> boo
         return opens(image.path, bytes(phrase.buffer))
 
 
-def test_enroll_signed_creates_key_once_and_unseals_in_ten_commands(
+def test_enroll_signed_creates_key_once_and_unseals_in_eleven_commands(
     image: Image, other_swtpm: Swtpm, tmp_path: Path
 ) -> None:
     key = tmp_path / "etc" / "policy-key.pem"
@@ -66,8 +66,8 @@ def test_enroll_signed_creates_key_once_and_unseals_in_ten_commands(
         with open_tpm(f"swtpm:path={proxy.listen_sock}") as esapi, unseal_token(esapi, token) as raw:
             assert len(raw) == 32
         names = proxy.names()
-    assert names == ["PCR_Read", "LoadExternal", "VerifySignature", "FlushContext", "Load", "StartAuthSession",
-                     "PolicyPCR", "PolicyAuthorize", "Unseal", "FlushContext"], names  # fmt: skip
+    assert names == ["PCR_Read", "LoadExternal", "VerifySignature", "FlushContext", "ReadPublic", "Load",
+                     "StartAuthSession", "PolicyPCR", "PolicyAuthorize", "Unseal", "FlushContext"], names  # fmt: skip
     assert other_swtpm.loaded_handles() == []
     # a second volume reuses the key
     other = image.path.with_name("second.img")

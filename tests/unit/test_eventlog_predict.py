@@ -17,7 +17,7 @@ from tpmseal.errors import TokenCorrupt, TokenUnsupported
 from tpmseal.luks.tokens import NativeToken, Seal, SignedPolicy, parse_native, render_native
 from tpmseal.tpm.pcrs import Pcr, PcrSelection
 from tpmseal.tpm.policy import policy_digest
-from tpmseal.tpm.seal import SealedObject
+from tpmseal.tpm.seal import PinKdf, SealedObject
 from tpmseal.tpm.srk import SrkRef
 from tpmseal.update import eventlog as el
 from tpmseal.update.description import sign_description
@@ -149,7 +149,7 @@ def signed_token(approvals: int = 1, pin: bool = False) -> NativeToken:
         states[0],
         authorize_policy(key.name, ref, fixed, pin),
         pin,
-        b"salt" * 4 if pin else None,
+        PinKdf(b"salt" * 4) if pin else None,
         SealedObject(b"private", b"public"),
         signed,
     )

@@ -1,7 +1,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import hmac
 import json
 
 import pytest
@@ -9,13 +12,13 @@ import pytest
 from tpmseal.errors import TokenCorrupt, TokenUnsupported
 from tpmseal.luks.tokens import NativeToken, Seal, parse_native, render_native
 from tpmseal.tpm.pcrs import Pcr, PcrSelection
-from tpmseal.tpm.seal import SealedObject
+from tpmseal.tpm.seal import LEGACY_HMAC, PinKdf, SealedObject
 from tpmseal.tpm.srk import SrkRef
 
 pytestmark = pytest.mark.unit
 
 
-def sample(pin: bool = False) -> NativeToken:
+def sample(pin: bool = False, kdf: PinKdf | None = None) -> NativeToken:
     return NativeToken(
         keyslots=(1,),
         created="2026-11-26T04:30:00Z",
@@ -26,7 +29,7 @@ def sample(pin: bool = False) -> NativeToken:
                 PcrSelection("sha256", (Pcr(7, bytes(32)), Pcr(11, b"\x01" * 32))),
                 b"\x02" * 32,
                 pin,
-                b"salt" * 4 if pin else None,
+                (kdf or PinKdf(b"salt" * 4)) if pin else None,
                 SealedObject(b"private-bytes", b"public-bytes"),
             ),
         ),
@@ -49,6 +52,62 @@ def test_rendered_token_has_the_documented_fields() -> None:
     assert set(data["seals"][0]) == {
         "kind", "label", "pcr_bank", "pcrs", "policy_digest", "pin", "pin_salt", "private", "public"
     }  # fmt: skip
+
+
+def test_a_pin_token_is_version_2_with_its_scrypt_parameters() -> None:
+    data = render_native(sample(pin=True))
+    assert data["version"] == 2
+    assert data["seals"][0]["pin_kdf"] == {"algorithm": "scrypt", "log2_n": 14, "r": 8, "p": 1}
+    assert base64.b64decode(data["seals"][0]["pin_salt"]) == b"salt" * 4
+
+
+def test_a_version_1_pin_token_still_reads_as_the_legacy_hmac() -> None:
+    data = render_native(sample(pin=True))
+    data["version"] = 1
+    del data["seals"][0]["pin_kdf"]
+    t = parse_native(data)
+    assert t.seals[0].pin_kdf == PinKdf(b"salt" * 4, LEGACY_HMAC, 0, 0, 0)
+    assert render_native(t) == data  # and is written back as version 1
+
+
+def test_pin_kdfs_derive_the_documented_values() -> None:
+    pin = bytearray(b"1234")
+    salt = b"salt" * 4
+    with PinKdf(salt).derive(pin) as auth:
+        assert auth.buffer == hashlib.scrypt(b"1234", salt=salt, n=1 << 14, r=8, p=1, dklen=32)
+    with PinKdf(salt, LEGACY_HMAC, 0, 0, 0).derive(pin) as auth:
+        assert auth.buffer == hmac.new(salt, b"1234", hashlib.sha256).digest()
+    with pytest.raises(ValueError):
+        PinKdf(salt).derive(bytearray())
+
+
+BAD_PIN = [
+    (lambda d: d.update(version=1), TokenCorrupt, "unknown field(s) pin_kdf"),
+    (lambda d: d["seals"][0].pop("pin_kdf"), TokenCorrupt, "needs a KDF"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(algorithm="pbkdf2"), TokenUnsupported, "PIN KDF 'pbkdf2'"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(log2_n=4), TokenCorrupt, "log2_n: must be 14-20"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(log2_n=21), TokenCorrupt, "log2_n: must be 14-20"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(r=0), TokenCorrupt, "scrypt r must be"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(p=True), TokenCorrupt, "p: expected an integer"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(extra=1), TokenCorrupt, "unknown field(s) extra"),
+    (lambda d: d["seals"][0].update(pin=False), TokenCorrupt, "no salt and no KDF"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "exc", "text"), BAD_PIN)
+def test_parser_rejects_bad_or_weakened_pin_kdfs(mutate, exc: type[Exception], text: str) -> None:
+    """A header edit cannot downgrade the PIN's stretching below the minimum, nor mix the versions."""
+    data = copy.deepcopy(render_native(sample(pin=True)))
+    mutate(data)
+    with pytest.raises(exc, match=text.replace("(", r"\(").replace(")", r"\)")):
+        parse_native(data)
+
+
+def test_a_version_1_token_without_pin_has_no_kdf() -> None:
+    data = render_native(sample())
+    data["seals"][0]["pin_kdf"] = None
+    with pytest.raises(TokenCorrupt, match="unknown field"):
+        parse_native(data)
 
 
 BAD = [

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tpmseal.errors import PinRequired, TpmsealError
+from tpmseal.errors import PinRejected, PinRequired, TpmLockout, TpmsealError
 from tpmseal.luks.volume import Volume
 from tpmseal.secret import Secret
-from tpmseal.unlock import PinSource, token_openers
+from tpmseal.unlock import PinGuard, PinSource, token_openers
 
 
 @dataclass
@@ -59,18 +59,26 @@ def find_passphrase(volume: Volume, tpm_device: str, pin: PinSource | None = Non
     out = Outcome(volume.path, None)
     if not tokens:
         return out
+    guard = PinGuard(pin)  # a PIN the TPM refused is not tried on the next token
     try:
         with open_tpm(tpm_device) as esapi:
             for t in tokens:
                 try:
-                    phrase = openers[t.type](esapi, t.data, pin)
+                    phrase = openers[t.type](esapi, t.data, guard.source)
                 except PinRequired as e:
                     out.attempts.append(
-                        Attempt(t.id, t.type, "needs a PIN (not asked at unattended boot)", type(e).__name__)
+                        Attempt(
+                            t.id,
+                            t.type,
+                            "needs a PIN (" + ("none given" if pin else "not asked at unattended boot") + ")",
+                            type(e).__name__,
+                        )
                     )
                     continue
                 except TpmsealError as e:
                     out.attempts.append(Attempt(t.id, t.type, e.message, type(e).__name__))
+                    if isinstance(e, PinRejected | TpmLockout):
+                        guard.rejected(t.id)
                     continue
                 slot = next((k for k in t.keyslots if volume.test_key(phrase.buffer, k)), None)
                 if slot is None:

@@ -230,13 +230,17 @@ def decrypt_jwe(jwe: ClevisJwe, key: Secret) -> Secret:
 
 def open_clevis(esapi: ESAPI, data: dict[str, Any], pin: PinSource | None) -> Secret:
     """TokenOpener for ``clevis`` (tpm2 pin): the passphrase clevis put in the keyslot."""
-    from tpmseal.errors import PolicyMismatch
+    from tpmseal.errors import PolicyMismatch, WrongTpm
     from tpmseal.interop.primary import legacy_primary
     from tpmseal.tpm.seal import unseal
+    from tpmseal.tpm.srk import is_tpm_resident_parent, public_of
 
     token = parse_clevis(data)
     try:
         with legacy_primary(esapi, token.primary_alg) as (primary, _):
+            # the parent is the TPM's own CreatePrimary output; salted to it, never to a stored key
+            if not is_tpm_resident_parent(public_of(esapi, primary)):
+                raise WrongTpm(f"{TYPE} token: the TPM's primary key is not a storage key")
             jwk_text = unseal(esapi, primary, token.sealed, token.pcrs, None)
     except PolicyMismatch:
         which = "+".join(map(str, token.pcrs.indexes))

@@ -15,7 +15,9 @@ writes on this machine; see docs/interop.md):
 
 Opening costs 7 TPM commands (CreatePrimary, Load, StartAuthSession salted with the primary key,
 PolicyPCR, Unseal, two FlushContext); a PIN adds PCR_Read (checked before the PIN is used) and
-PolicyAuthValue; a token with ``tpm2_srk`` saves CreatePrimary and its FlushContext.
+PolicyAuthValue; a token with ``tpm2_srk`` replaces CreatePrimary and its FlushContext by a ReadPublic:
+the session is salted to the key the TPM holds at that handle (its name must be the stored one, and it
+must be a TPM-resident storage key, see tpm/srk.py), never to the public key stored in the header.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt, TokenUnsupported, WrongTpm
+from tpmseal.errors import PolicyMismatch, TokenCorrupt, TokenUnsupported, WrongTpm
 from tpmseal.luks.tokens import SYSTEMD_TPM2_TYPE, is_number
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import BANKS, PCR_COUNT, Pcr, PcrSelection
@@ -216,23 +218,35 @@ def pin_auth(pin: bytearray, salt: bytes | None) -> Secret:
 
 @contextmanager
 def _parent(esapi: ESAPI, token: SystemdTpm2Token) -> Iterator[Any]:
-    """The sealed object's parent: the stored persistent SRK, else the re-created primary key."""
+    """The sealed object's parent as the TPM reports it: the persistent key at the handle ``tpm2_srk``
+    names (checked against its name, ``srk_from_tpm``), else the re-created primary key. The public key
+    stored in ``tpm2_srk`` is never used: a header edit could replace it with a key its author holds."""
+    from tpmseal.tpm.srk import SrkRef, is_tpm_resident_parent, public_of, srk_from_tpm
+
     if token.srk is None:
         from tpmseal.interop.primary import legacy_primary
 
         with legacy_primary(esapi, token.primary_alg) as (handle, _):
+            if not is_tpm_resident_parent(public_of(esapi, handle)):
+                raise WrongTpm(f"{TYPE} token: the TPM's primary key is not a storage key")
             yield handle
         return
     from tpm2_pytss import TSS2_Exception
 
     try:
-        tr = esapi.tr_deserialize(token.srk)
+        stored = esapi.tr_deserialize(token.srk)
     except TSS2_Exception:
         raise WrongTpm(f"{TYPE} token: tpm2_srk cannot be read", "the token may be damaged") from None
     try:
-        if int(esapi.tr_get_tpm_handle(tr)) >> 24 != 0x81:
-            raise _fail("tpm2_srk", "not a persistent handle")
-        yield tr  # the session is salted to the public key stored here, not to what the TPM says
+        handle = int(esapi.tr_get_tpm_handle(stored))
+        name = bytes(esapi.tr_get_name(stored))
+    finally:
+        esapi.tr_close(stored)
+    if handle >> 24 != 0x81:
+        raise _fail("tpm2_srk", "not a persistent handle")
+    tr = srk_from_tpm(esapi, SrkRef(handle, name, token.srk))
+    try:
+        yield tr
     finally:
         esapi.tr_close(tr)
 
@@ -257,8 +271,10 @@ def _mismatch(token: SystemdTpm2Token) -> PolicyMismatch:
 
 
 def unseal_systemd_tpm2(esapi: ESAPI, token: SystemdTpm2Token, pin: PinSource | None = None) -> Secret:
-    """The 32 raw bytes sealed in the token. The PIN is asked for only when the PCR policy holds."""
+    """The 32 raw bytes sealed in the token. The PIN is asked for only when the PCR policy holds and the
+    parent is the TPM's (an empty PIN is no PIN: PinRequired, nothing sent; systemd refuses them too)."""
     from tpmseal.tpm.seal import unseal
+    from tpmseal.unlock import need_pin
 
     auth = None
     if token.pin:
@@ -266,16 +282,15 @@ def unseal_systemd_tpm2(esapi: ESAPI, token: SystemdTpm2Token, pin: PinSource | 
         if expected != token.policy_hash:
             raise _mismatch(token)
         if pin is None:
-            raise PinRequired("this token needs a PIN")
-        pin_text = pin()
-        try:
-            if not pin_text:  # systemd refuses empty PINs: do not spend a dictionary-attack try on one
-                raise PinRequired("this token needs a PIN, and the PIN given is empty")
-            auth = pin_auth(pin_text, token.salt)
-        finally:
-            pin_text[:] = bytes(len(pin_text))
+            need_pin(pin)  # PinRequired before the parent is even created
     try:
         with _parent(esapi, token) as parent:
+            if token.pin:
+                pin_text = need_pin(pin)
+                try:
+                    auth = pin_auth(pin_text, token.salt)
+                finally:
+                    pin_text[:] = bytes(len(pin_text))
             return unseal(esapi, parent, token.sealed, token.pcrs, auth)
     except PolicyMismatch:
         raise _mismatch(token) from None

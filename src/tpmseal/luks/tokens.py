@@ -14,7 +14,13 @@ from typing import Any, TypeGuard
 from tpmseal.errors import TokenCorrupt, TokenUnsupported
 from tpmseal.strict import Fields
 from tpmseal.tpm.pcrs import BANKS, PCR_COUNT, Pcr, PcrSelection
-from tpmseal.tpm.seal import SealedObject
+from tpmseal.tpm.seal import (
+    LEGACY_HMAC,
+    PIN_SCRYPT_MAX_LOG2_N,
+    SCRYPT,
+    PinKdf,
+    SealedObject,
+)
 from tpmseal.tpm.srk import SrkRef
 
 NATIVE_TYPE = "tpmseal-tpm2"
@@ -22,11 +28,15 @@ PENDING_TYPE = "tpmseal-pending"  # marks an enrollment in progress (see enroll.
 RECOVERY_TYPE = "systemd-recovery"  # marker for a recovery-key keyslot, shared with systemd-cryptenroll
 SYSTEMD_TPM2_TYPE = "systemd-tpm2"
 CLEVIS_TYPE = "clevis"
-TOKEN_VERSION = 1
+TOKEN_VERSION = 2  # the newest version this tpmseal reads; it writes 1 when a token has no PIN seal
+TOKEN_VERSIONS = (1, 2)
+PENDING_VERSION = 1  # the tpmseal-pending marker has its own version
 
 TOP_KEYS = {"type", "keyslots", "version", "created", "luks_uuid", "srk", "seals"}
 SRK_KEYS = {"handle", "name", "esys_tr"}
 SEAL_KEYS = {"kind", "label", "pcr_bank", "pcrs", "policy_digest", "pin", "pin_salt", "private", "public"}
+PIN_KDF_KEY = "pin_kdf"  # version 2: how the PIN is stretched
+PIN_KDF_KEYS = {"algorithm", "log2_n", "r", "p"}
 PCR_KEYS = {"index", "value"}
 SEAL_KINDS = {"pcr", "authorize"}
 # kind "authorize" (signed policies, see docs/token-format.md and tpmseal/update/signed.py)
@@ -80,7 +90,7 @@ class Seal:
     pcrs: PcrSelection  # every PCR has its expected value (authorize: fixed + the first approval's)
     policy_digest: bytes
     pin: bool
-    pin_salt: bytes | None
+    pin_kdf: PinKdf | None  # how the PIN becomes the authValue (salt included); None without a PIN
     sealed: SealedObject
     signed: SignedPolicy | None = None  # kind "authorize"; None = kind "pcr"
 
@@ -181,14 +191,34 @@ def _merge(a: PcrSelection, b: PcrSelection) -> PcrSelection:
     return PcrSelection(a.bank, tuple(merged[i] for i in sorted(merged)))
 
 
-def _seal(v: Any, i: int) -> Seal:
+def _pin_kdf(v: Any, where: str, salt: bytes) -> PinKdf:
+    from tpmseal.tpm import seal as seal_mod
+
+    d = _obj(v, where, PIN_KDF_KEYS, PIN_KDF_KEYS)
+    algorithm = _str(d["algorithm"], f"{where}.algorithm")
+    if algorithm != SCRYPT:
+        raise TokenUnsupported(f"{NATIVE_TYPE} token: {where}: PIN KDF '{algorithm}' is not supported")
+    log2_n, r, p = (_int(d[k], f"{where}.{k}") for k in ("log2_n", "r", "p"))
+    # the lower bound is read at call time: a header edit must not make a PIN cheaper to guess
+    if not seal_mod.PIN_SCRYPT_MIN_LOG2_N <= log2_n <= PIN_SCRYPT_MAX_LOG2_N:
+        raise _fail(
+            f"{where}.log2_n", f"must be {seal_mod.PIN_SCRYPT_MIN_LOG2_N}-{PIN_SCRYPT_MAX_LOG2_N} (scrypt N = 2^log2_n)"
+        )
+    if not 1 <= r <= 32 or not 1 <= p <= 16 or (1 << log2_n) * r * p > 1 << 24:
+        raise _fail(where, "scrypt r must be 1-32, p 1-16, and N*r*p at most 2^24")
+    return PinKdf(salt, SCRYPT, log2_n, r, p)
+
+
+def _seal(v: Any, i: int, version: int) -> Seal:
     where = f"seals[{i}]"
     kind = v.get("kind") if isinstance(v, dict) else None
     if isinstance(kind, str) and kind not in SEAL_KINDS:
         raise TokenUnsupported(f"{NATIVE_TYPE} token: {where}: policy kind '{kind}' is not supported")
     authorize = kind == "authorize"
     keys = AUTHORIZE_KEYS if authorize else SEAL_KEYS
-    d = _obj(v, where, keys, keys - {"label", "pin_salt", "description"})
+    if version >= 2:
+        keys = keys | {PIN_KDF_KEY}
+    d = _obj(v, where, keys, keys - {"label", "pin_salt", "description", PIN_KDF_KEY})
     bank = _str(d["pcr_bank"], f"{where}.pcr_bank")
     if bank not in BANKS:
         raise TokenUnsupported(f"{NATIVE_TYPE} token: {where}: PCR bank '{bank}' is not supported")
@@ -216,12 +246,22 @@ def _seal(v: Any, i: int) -> Seal:
     pin_salt = _b64(salt, f"{where}.pin_salt") if salt is not None else None
     if pin and not pin_salt:
         raise _fail(f"{where}.pin_salt", "a PIN-protected seal needs a salt")
+    if not pin and (pin_salt is not None or d.get(PIN_KDF_KEY) is not None):
+        raise _fail(f"{where}.pin_salt", "a seal without a PIN has no salt and no KDF")
+    kdf: PinKdf | None = None
+    if pin and pin_salt:
+        if version >= 2:
+            if d.get(PIN_KDF_KEY) is None:
+                raise _fail(f"{where}.{PIN_KDF_KEY}", "a PIN-protected seal of a version 2 token needs a KDF")
+            kdf = _pin_kdf(d[PIN_KDF_KEY], f"{where}.{PIN_KDF_KEY}", pin_salt)
+        else:
+            kdf = PinKdf(pin_salt, LEGACY_HMAC, 0, 0, 0)
     return Seal(
         label=_str(d.get("label", ""), f"{where}.label"),
         pcrs=selection,
         policy_digest=_hex(d["policy_digest"], f"{where}.policy_digest", 32),
         pin=pin,
-        pin_salt=pin_salt,
+        pin_kdf=kdf,
         sealed=SealedObject(_b64(d["private"], f"{where}.private"), _b64(d["public"], f"{where}.public")),
         signed=signed,
     )
@@ -234,12 +274,12 @@ def parse_native(data: Any) -> NativeToken:
     if data.get("type") != NATIVE_TYPE:
         raise _fail("type", f"expected '{NATIVE_TYPE}'")
     version = data.get("version")
-    if isinstance(version, int) and not isinstance(version, bool) and version != TOKEN_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version not in TOKEN_VERSIONS:
         raise TokenUnsupported(
-            f"{NATIVE_TYPE} token version {version} is not supported (this tpmseal reads version {TOKEN_VERSION})"
+            f"{NATIVE_TYPE} token version {version} is not supported (this tpmseal reads versions 1 and 2)"
         )
     d = _obj(data, "token", TOP_KEYS, TOP_KEYS - {"luks_uuid"})
-    _int(d["version"], "version")
+    version = _int(d["version"], "version")
     srk = _obj(d["srk"], "srk", SRK_KEYS, SRK_KEYS)
     handle_text = _str(srk["handle"], "srk.handle")
     if not re.fullmatch(r"0x81[0-9a-f]{6}", handle_text):
@@ -252,9 +292,20 @@ def parse_native(data: Any) -> NativeToken:
         keyslots=_keyslots(d["keyslots"]),
         created=_str(d["created"], "created"),
         srk=SrkRef(int(handle_text, 16), _hex(srk["name"], "srk.name"), _b64(srk["esys_tr"], "srk.esys_tr")),
-        seals=tuple(_seal(s, i) for i, s in enumerate(seals)),
+        seals=tuple(_seal(s, i, version) for i, s in enumerate(seals)),
         luks_uuid=_str(uuid, "luks_uuid") if uuid is not None else None,
     )
+
+
+def token_version(token: NativeToken) -> int:
+    """The lowest version that expresses ``token``: 2 when a seal stretches its PIN (``pin_kdf``), else 1.
+
+    A version 1 PIN seal (HMAC) and a version 2 one (scrypt) cannot share a token.
+    """
+    kinds = {s.pin_kdf.algorithm for s in token.seals if s.pin_kdf is not None}
+    if len(kinds) > 1:
+        raise ValueError("a token cannot mix version 1 and version 2 PIN seals")
+    return 2 if SCRYPT in kinds else 1
 
 
 def render_native(token: NativeToken) -> dict[str, Any]:
@@ -262,7 +313,7 @@ def render_native(token: NativeToken) -> dict[str, Any]:
     out: dict[str, Any] = {
         "type": NATIVE_TYPE,
         "keyslots": [str(k) for k in token.keyslots],
-        "version": TOKEN_VERSION,
+        "version": token_version(token),
         "created": token.created,
         "srk": {
             "handle": f"{token.srk.handle:#010x}",
@@ -288,10 +339,13 @@ def _render_seal(s: Seal) -> dict[str, Any]:
         "pcrs": _render_pcrs(s.pcrs if s.signed is None else s.signed.fixed),
         "policy_digest": s.policy_digest.hex(),
         "pin": s.pin,
-        "pin_salt": base64.b64encode(s.pin_salt).decode() if s.pin_salt else None,
+        "pin_salt": base64.b64encode(s.pin_kdf.salt).decode() if s.pin_kdf else None,
         "private": base64.b64encode(s.sealed.private).decode(),
         "public": base64.b64encode(s.sealed.public).decode(),
     }
+    if s.pin_kdf is not None and s.pin_kdf.algorithm == SCRYPT:
+        k = s.pin_kdf
+        out[PIN_KDF_KEY] = {"algorithm": SCRYPT, "log2_n": k.log2_n, "r": k.r, "p": k.p}
     if s.signed is not None:
         out["public_key"] = base64.b64encode(s.signed.public_key).decode()
         out["key_name"] = s.signed.key_name.hex()
@@ -321,7 +375,7 @@ def pending_marker(keyslot: int) -> dict[str, Any]:
     return {
         "type": PENDING_TYPE,
         "keyslots": [],
-        "version": TOKEN_VERSION,
+        "version": PENDING_VERSION,
         "keyslot": str(keyslot),
         "started": now(),
     }

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """Seal and unseal a secret under a PCR policy (optionally with a PIN), over salted sessions.
 
-Unseal costs five TPM commands: Load, StartAuthSession (salted with the SRK, AES-128-CFB response
-encryption), PolicyPCR, Unseal (session not continued: the TPM flushes it) and FlushContext of the
-sealed object. The SRK comes from the token's serialized ESYS_TR, so there is no ReadPublic and no
-CreatePrimary. The unsealed key crosses the bus encrypted; a PIN enters only the session HMAC.
+Unseal costs five TPM commands: Load, StartAuthSession (salted with the parent key, AES-128-CFB
+response encryption), PolicyPCR, Unseal (session not continued: the TPM flushes it) and FlushContext of
+the sealed object. The caller passes a parent the TPM itself reported (``srk.srk_from_tpm``, one
+ReadPublic, or a CreatePrimary output), never a public key taken from a header: Load proves the TPM
+holds that parent, so the session salt is readable by the TPM only. The unsealed key crosses the bus
+encrypted; a PIN enters only the session HMAC, after stretching (``PinKdf``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,53 @@ class SealedObject:
     public: bytes  # TPM2B_PUBLIC, marshaled
 
 
-def pin_auth(pin: bytearray, salt: bytes) -> Secret:
-    """The object's authValue for a PIN: HMAC-SHA256 keyed by a per-seal random salt."""
-    return Secret.take(bytearray(hmac.new(salt, bytes(pin), hashlib.sha256).digest()))
+# scrypt parameters of new PIN seals (docs/token-format.md): 16 MiB, measured ≈ 50-90 ms on the host,
+# ≈ 0.5-1 s under qemu TCG. The parser refuses weaker ones, so a header edit cannot make a PIN cheaper to guess.
+PIN_SCRYPT_LOG2_N = 14
+PIN_SCRYPT_R = 8
+PIN_SCRYPT_P = 1
+PIN_SCRYPT_MIN_LOG2_N = 14
+PIN_SCRYPT_MAX_LOG2_N = 20
+PIN_SALT_BYTES = 16
+LEGACY_HMAC = "hmac-sha256"  # token version 1: one unstretched HMAC
+SCRYPT = "scrypt"
+
+
+@dataclass(frozen=True)
+class PinKdf:
+    """How a seal turns its PIN into the sealed object's authValue (per-seal random ``salt``).
+
+    ``scrypt`` (token version 2): scrypt(PIN, salt, N = 2^log2_n, r, p, 32 bytes). ``hmac-sha256``
+    (token version 1, read only): HMAC-SHA256(key = salt, message = PIN).
+    """
+
+    salt: bytes
+    algorithm: str = SCRYPT
+    log2_n: int = PIN_SCRYPT_LOG2_N
+    r: int = PIN_SCRYPT_R
+    p: int = PIN_SCRYPT_P
+
+    @classmethod
+    def new(cls) -> PinKdf:
+        import os
+
+        return cls(os.urandom(PIN_SALT_BYTES), SCRYPT, PIN_SCRYPT_LOG2_N, PIN_SCRYPT_R, PIN_SCRYPT_P)
+
+    def derive(self, pin: bytearray) -> Secret:
+        if not pin:
+            raise ValueError("empty PIN")  # callers refuse empty PINs before they get here
+        if self.algorithm == LEGACY_HMAC:
+            return Secret.take(bytearray(hmac.new(self.salt, bytes(pin), hashlib.sha256).digest()))
+        n = 1 << self.log2_n
+        out = hashlib.scrypt(
+            bytes(pin), salt=self.salt, n=n, r=self.r, p=self.p, maxmem=256 * n * self.r + (1 << 20), dklen=32
+        )
+        return Secret.take(bytearray(out))
+
+
+def pin_auth(pin: bytearray, kdf: PinKdf) -> Secret:
+    """The object's authValue for a PIN under ``kdf``."""
+    return kdf.derive(pin)
 
 
 def _symmetric() -> Any:
@@ -104,7 +150,12 @@ def unseal(
 ) -> Secret:
     """Unseal under PolicyPCR over ``selection`` (+PolicyAuthValue with ``auth``); raises PolicyMismatch,
     PinRejected, WrongTpm, … ``assert_policy(session)``, when given, runs the policy assertions instead of
-    the PolicyPCR (e.g. PolicyPCR + PolicyAuthorize of a signed policy); PolicyAuthValue still follows."""
+    the PolicyPCR (e.g. PolicyPCR + PolicyAuthorize of a signed policy); PolicyAuthValue still follows.
+
+    ``srk`` must come from the TPM (``srk_from_tpm`` or CreatePrimary), not from a header: the session is
+    salted to its public key. An empty ``auth`` is refused: a PIN seal is never tried without its PIN."""
+    if auth is not None and not len(auth):
+        raise ValueError("empty authValue")
     from tpm2_pytss import (
         ESYS_TR,
         TPM2_ALG,
@@ -151,6 +202,9 @@ def unseal(
         except TSS2_Exception as e:
             if e.error == TPM2_RC.POLICY_FAIL:
                 raise PolicyMismatch("the TPM refused to unseal: the PCR values do not match the policy") from None
+            if e.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH) and auth is None:
+                # no PIN was involved: the session's HMAC did not verify (a parent or salt mismatch)
+                raise WrongTpm("the TPM rejected the unseal session's authorization (no PIN is involved)") from None
             if e.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
                 failed, maximum = lockout_status(esapi)
                 left = max(maximum - failed, 0)

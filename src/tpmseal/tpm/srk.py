@@ -4,9 +4,13 @@
 The template is the TCG's standard SRK template (as tpm2-tools and systemd use), so the key is shared
 with other tools rather than duplicated. It is created once when absent and reused after.
 
-Tokens store the SRK as a serialized ESYS_TR (handle, name and public area). Unsealing deserializes it
-without a TPM command and salts its session to that public key: a TPM that does not hold the matching
-private key cannot decrypt the salt, so a swapped SRK cannot read the unsealed key.
+Tokens store the SRK's handle and name (and, informationally, its serialized ESYS_TR). Unsealing never
+salts a session to a public key read from a header: whoever rewrites the header could put their own key
+there, read the salt, and with it every PIN-derived HMAC of the session. ``srk_from_tpm`` reads the key
+at the handle from the TPM (one ReadPublic), requires its name to equal the token's and its public area
+to be a key whose private part never left a TPM (fixedTPM, fixedParent, sensitiveDataOrigin, restricted
+decrypt: TPM2_Import and TPM2_LoadExternal cannot make such an object, and a TPM generates it only
+inside itself); the sealed object is then loaded under it and the session salted to it.
 """
 
 from __future__ import annotations
@@ -42,12 +46,86 @@ def _template(alg: str) -> Any:
     return TPM2B_PUBLIC.parse("rsa2048:aes128cfb", objectAttributes=attrs, nameAlg="sha256")
 
 
-def _is_storage_key(public: Any) -> bool:
-    from tpm2_pytss import TPMA_OBJECT
+def public_of(esapi: ESAPI, tr: Any) -> Any:
+    """The TPM2B_PUBLIC that ESAPI holds for ``tr`` (what it would salt a session to); no TPM command.
 
-    a = public.publicArea.objectAttributes
-    need = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
-    return (a & need) == need and not (a & TPMA_OBJECT.SIGN_ENCRYPT)
+    Read from the Esys_TR_Serialize form: handle u32, TPM2B_NAME, resource type u32, TPM2B_PUBLIC.
+    """
+    import struct
+
+    from tpm2_pytss import TPM2B_PUBLIC
+
+    raw = bytes(esapi.tr_serialize(tr))
+    (size,) = struct.unpack_from(">H", raw, 4)
+    public, _ = TPM2B_PUBLIC.unmarshal(raw[6 + size + 4 :])
+    return public
+
+
+def is_tpm_resident_parent(public: Any) -> bool:
+    """A storage key whose private part was generated inside a TPM and can never leave it.
+
+    fixedTPM cannot be set on an object created by TPM2_Import or TPM2_LoadExternal (the TPM refuses);
+    sensitiveDataOrigin means the TPM, not the caller, chose the private key; restricted + decrypt
+    without sign is a storage parent. Only ECC and RSA keys can salt a session.
+    """
+    from tpm2_pytss import TPM2_ALG, TPMA_OBJECT
+
+    area = public.publicArea
+    a = area.objectAttributes
+    need = (
+        TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.RESTRICTED
+        | TPMA_OBJECT.DECRYPT
+    )
+    return (a & need) == need and not (a & TPMA_OBJECT.SIGN_ENCRYPT) and area.type in (TPM2_ALG.ECC, TPM2_ALG.RSA)
+
+
+def srk_from_tpm(esapi: ESAPI, ref: SrkRef) -> Any:
+    """The ESYS_TR of the key at ``ref.handle`` as the TPM reports it (one ReadPublic), checked.
+
+    WrongTpm when nothing is there, when its name is not the token's, or when it is not a TPM-resident
+    storage key (``is_tpm_resident_parent``). Callers check this before asking for a PIN.
+    """
+    from tpm2_pytss import TPM2_RC, TSS2_Exception
+
+    try:
+        tr = esapi.tr_from_tpmpublic(ref.handle)
+    except TSS2_Exception as e:
+        if e.error == TPM2_RC.HANDLE:
+            raise WrongTpm(
+                f"the TPM has no key at the SRK handle {ref.handle:#x}: sealed by another TPM, or the TPM was cleared",
+                "unlock with a passphrase and enroll again",
+            ) from None
+        raise tpm_error(e, "reading the SRK") from None
+    try:
+        public = public_of(esapi, tr)
+        name = bytes(public.publicArea.get_name())
+        if name != bytes(esapi.tr_get_name(tr)) or name != ref.name:
+            raise WrongTpm(
+                f"the key at {ref.handle:#x} is not the SRK this token was sealed under (another TPM, a cleared "
+                "TPM, a replaced SRK or an edited token)",
+                "unlock with a passphrase and enroll again",
+            )
+        if not is_tpm_resident_parent(public):
+            raise WrongTpm(
+                f"the key at {ref.handle:#x} is not a storage key generated inside this TPM (fixedTPM, "
+                "sensitiveDataOrigin, restricted decrypt); its private part may be known outside the TPM",
+                "check what put this key at the SRK handle; tpmseal does not send a PIN in a session salted to it",
+            )
+    except (TSS2_Exception, ValueError, TypeError):
+        esapi.tr_close(tr)
+        raise WrongTpm(f"the public area of the key at {ref.handle:#x} cannot be read") from None
+    except BaseException:
+        esapi.tr_close(tr)
+        raise
+    return tr
+
+
+def _is_storage_key(public: Any) -> bool:
+    """What enroll, unseal and doctor require of the key at the SRK handle (one test for all three)."""
+    return is_tpm_resident_parent(public)
 
 
 def ensure_srk(esapi: ESAPI) -> tuple[Any, SrkRef]:
@@ -66,7 +144,7 @@ def ensure_srk(esapi: ESAPI) -> tuple[Any, SrkRef]:
         except TSS2_Exception as e:
             esapi.tr_close(tr)
             raise tpm_error(e, "reading the SRK") from None
-        if not _is_storage_key(public):
+        if not is_tpm_resident_parent(public):
             esapi.tr_close(tr)
             raise TpmError(
                 f"the persistent handle {SRK_HANDLE:#x} holds a key that is not a storage key",
@@ -93,7 +171,11 @@ def ensure_srk(esapi: ESAPI) -> tuple[Any, SrkRef]:
 
 
 def srk_from_ref(esapi: ESAPI, ref: SrkRef) -> Any:
-    """The SRK's ESYS_TR from a token, without a TPM command; its name must match the stored one."""
+    """The SRK's ESYS_TR from a token, without a TPM command; its name must match the stored one.
+
+    Never salt a session that carries a PIN to this: the public key comes from the header. Unseal paths
+    use ``srk_from_tpm``.
+    """
     from tpm2_pytss import TSS2_Exception
 
     try:

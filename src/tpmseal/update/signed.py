@@ -7,9 +7,9 @@ values live in *approved policies* — PolicyPCR digests signed by the policy ke
 token. Approving the next boot state after an update needs only the private policy key, never the
 volume key, which on the running system nothing can unseal (PCR 15 volume binding).
 
-Unseal (10 TPM commands; +1 with a PIN, +1 with fixed PCRs): PCR_Read (pick the approved policy
+Unseal (11 TPM commands; +1 with a PIN, +1 with fixed PCRs): PCR_Read (pick the approved policy
 whose values are current), LoadExternal (the public key, owner hierarchy: a NULL-hierarchy ticket is
-useless), VerifySignature -> ticket, FlushContext, Load, StartAuthSession (salted with the SRK),
+useless), VerifySignature -> ticket, FlushContext, ReadPublic (the SRK as the TPM holds it), Load, StartAuthSession (salted with the SRK),
 PolicyPCR, PolicyAuthorize, [PolicyPCR fixed], [PolicyAuthValue], Unseal, FlushContext.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from dataclasses import replace as _with
 from typing import TYPE_CHECKING, Any
 
-from tpmseal.errors import PinRequired, PolicyMismatch, TokenCorrupt, TpmsealError, UsageError
+from tpmseal.errors import PolicyMismatch, TokenCorrupt, TpmsealError, UsageError
 from tpmseal.luks.tokens import Approval, NativeToken, Seal, SignedPolicy, now
 from tpmseal.secret import Secret
 from tpmseal.tpm.pcrs import Pcr, PcrSelection
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from tpmseal.enroll import EnrollResult
     from tpmseal.luks.volume import Header, Volume
+    from tpmseal.tpm.seal import PinKdf
     from tpmseal.unlock import PinSource
     from tpmseal.wipe import WipeSpec
 
@@ -394,7 +395,8 @@ def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None 
     unseals with it. An approval the TPM rejects (forged, copied) is passed over, so one placed in front
     of the real one cannot stop the unlock."""
     from tpmseal.tpm.seal import pin_auth
-    from tpmseal.tpm.srk import srk_from_ref
+    from tpmseal.tpm.srk import srk_from_tpm
+    from tpmseal.unlock import need_pin
 
     seals = [s for s in token.seals if s.signed is not None]
     if not seals:
@@ -424,17 +426,17 @@ def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None 
         raise rejected
     seal, approval, ticket = chosen
     log.debug("using approved policy '%s' of seal '%s'", approval.label, seal.label)
+    srk = srk_from_tpm(esapi, token.srk)  # the TPM's key, checked, before any PIN is asked
     auth = None
-    if seal.pin:
-        if pin is None or seal.pin_salt is None:
-            raise PinRequired("this token needs a PIN")
-        pin_text = pin()
-        try:
-            auth = pin_auth(pin_text, seal.pin_salt)
-        finally:
-            pin_text[:] = bytes(len(pin_text))
-    srk = srk_from_ref(esapi, token.srk)
     try:
+        if seal.pin:
+            if seal.pin_kdf is None:
+                raise TokenCorrupt("a PIN seal without a PIN salt")
+            pin_text = need_pin(pin)
+            try:
+                auth = pin_auth(pin_text, seal.pin_kdf)
+            finally:
+                pin_text[:] = bytes(len(pin_text))
         return unseal_signed(esapi, srk, seal, approval, auth, ticket)
     finally:
         if auth is not None:
@@ -511,7 +513,7 @@ def enroll_signed(
     policy_ref = os.urandom(POLICY_REF_BYTES)
     wanted = PcrSelection(signed_pcrs.bank, tuple(sorted((*signed_pcrs.pcrs, *fixed.pcrs), key=lambda p: p.index)))
 
-    def make_seal(esapi: ESAPI, srk: Any, secret: Secret, auth: Secret | None, salt: bytes | None) -> tuple[Seal, bool]:
+    def make_seal(esapi: ESAPI, srk: Any, secret: Secret, auth: Secret | None, kdf: PinKdf | None) -> tuple[Seal, bool]:
         current = read_pcrs(esapi, wanted)
         approved_sel = signed_pcrs.with_values(current)
         fixed_full = fixed.with_values(current)
@@ -523,7 +525,7 @@ def enroll_signed(
         merged = PcrSelection(approved_sel.bank, tuple(sorted((*approved_sel.pcrs, *fixed_full.pcrs),
                                                               key=lambda p: p.index)))  # fmt: skip
         sealed = seal(esapi, srk, secret, policy, auth)
-        made = Seal("enrolled", merged, policy, pin is not None, salt, sealed, signed)
+        made = Seal("enrolled", merged, policy, pin is not None, kdf, sealed, signed)
         # which PCRs every approval must cover is decided now, and signed: reseal trusts only this
         description = sign_description(key, made, approved_sel.indexes)
         return _with(made, signed=_with(signed, description=description)), is_current
