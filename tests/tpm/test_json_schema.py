@@ -19,7 +19,8 @@ LIST_SCHEMA = {
     "device": str, "keyslots": [{"keyslot": int, "kind": str, "tokens": [int], "kdf": str}],
     "tokens": [{"token": int, "type": str, "keyslots": [int], "orphan": bool, "pcrs": OPT_STR,
                 "pcr_bank": OPT_STR, "pin": OPT_BOOL, "seals": OPT_INT, "created": OPT_STR,
-                "policy_satisfied": OPT_BOOL, "changed_pcrs": [int], "volume_binding": OPT_BOOL, "error": OPT_STR}],
+                "policy_satisfied": OPT_BOOL, "changed_pcrs": [int], "volume_binding": OPT_BOOL, "error": OPT_STR,
+                "weak_binding": OPT_STR}],
     "orphan_keyslots": [int], "orphan_tokens": [int], "tpm_error": OPT_STR,
 }  # fmt: skip
 TEST_UNLOCK_SCHEMA = {
@@ -29,6 +30,7 @@ TEST_UNLOCK_SCHEMA = {
 ENROLL_SCHEMA = {
     "device": str, "keyslot": int, "token": int, "type": str, "pcrs": str, "pcr_bank": str, "pin": bool,
     "verified": str, "replaced_keyslots": [int], "wiped_keyslots": [int], "cleaned_up": [str],
+    "warnings": [str],
 }  # fmt: skip
 WIPE_SCHEMA = {"device": str, "wiped_keyslots": [int]}
 
@@ -60,3 +62,11 @@ def test_json_outputs_match_documented_schema(image: Image, swtpm: Swtpm) -> Non
     check(json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout), LIST_SCHEMA)
     check(json.loads(run_cli("test-unlock", image.dev, tpm, "--json").stdout), TEST_UNLOCK_SCHEMA)
     check(json.loads(run_cli("wipe-slot", image.dev, tpm, "--wipe-slot=recovery", "--json").stdout), WIPE_SCHEMA)
+    assert enrolled["warnings"] == [] and listing["tokens"][0]["weak_binding"] is None  # PCR 7: not weak
+    weak = json.loads(run_cli("enroll", image.dev, tpm, "--unlock-key-file", str(image.keyfile), "--replace",
+                              "--tpm2-pcrs=", "--json").stdout)  # fmt: skip
+    check(weak, ENROLL_SCHEMA)
+    assert len(weak["warnings"]) == 1
+    weak_listing = json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout)
+    check(weak_listing, LIST_SCHEMA)
+    assert [t["weak_binding"] for t in weak_listing["tokens"]] == ["volume-only"]
