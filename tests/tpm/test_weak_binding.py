@@ -121,3 +121,7 @@ def test_foreign_systemd_token_without_pcrs_is_flagged(image: Image, other_swtpm
     assert r is not None and r["type"] == "systemd-tpm2" and "bound to no PCR" in r["warnings"][0]
     assert listing(image, other_swtpm)["tokens"][0]["weak_binding"] == "no-pcr"
     assert pcr_binding(image, other_swtpm, tmp_path)[0]["status"] == "warn"
+    # migrating it keeps its (lack of) PCRs, and says so
+    p = run_cli("migrate", image.dev, "--from=systemd-tpm2", f"--tpm2-device={other_swtpm.tcti}")
+    assert "tpmseal: warning: token" in p.stderr and "bound only to PCR 15" in p.stderr
+    assert [t["weak_binding"] for t in listing(image, other_swtpm)["tokens"]] == ["volume-only"]
