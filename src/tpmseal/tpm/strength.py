@@ -3,9 +3,9 @@
 
 A policy protects only through the PCRs the firmware and the boot chain extend. Three selections hold on
 any system booted on the machine: no PCR at all; only PCR 15 (the volume binding, which every boot starts
-at zero and only tpmseal's initramfs extends, so another operating system never does); only PCRs that
-software may reset to zero (16, debug, and 23, application support, resettable at locality 0), with or
-without PCR 15. ``enroll`` warns, ``list`` and ``doctor`` flag such tokens, ``creds encrypt`` warns.
+at zero, and which another operating system need not extend); only PCRs that software may reset to zero
+(16, debug, and 23, application support, resettable at locality 0), with or without PCR 15. ``enroll``
+warns, ``list`` and ``doctor`` flag such tokens, ``creds encrypt`` warns.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ RESETTABLE_ONLY = "resettable-only"
 _ANY = "so any system booted on this machine (another OS from a USB stick, a changed boot chain) can unseal it"
 MESSAGES = {
     NO_PCR: f"bound to no PCR: the TPM checks nothing about the boot, {_ANY}",
-    VOLUME_ONLY: "bound only to PCR 15 (the volume binding): every boot starts PCR 15 at zero and only tpmseal's "
-    f"initramfs extends it, {_ANY}",
+    VOLUME_ONLY: f"bound only to PCR 15 (the volume binding), which is zero at the start of every boot, {_ANY}",
     RESETTABLE_ONLY: "bound only to resettable PCRs (16, 23; with or without PCR 15): any program that reaches "
     f"the TPM can reset them to zero and they record nothing about the boot, {_ANY}",
 }
