@@ -23,12 +23,14 @@ UNIT = "bench.service"
 
 
 def tpmseal_creds_encrypt(src: Path, dst: Path, tcti: str) -> rig.Invocation:
-    return rig.Invocation("tpmseal creds encrypt", (*rig.tpmseal_argv(), "creds", "encrypt", "bench", str(src),
-                                                    str(dst), f"--tpm2-device={tcti}"))  # fmt: skip
+    """PCR 7 given explicitly (also the default), the same PCRs as benchrig.creds_encrypt's systemd-creds."""
+    return rig.Invocation("tpmseal creds encrypt (PCR 7)", (*rig.tpmseal_argv(), "creds", "encrypt", "bench",
+                                                            str(src), str(dst), f"--tpm2-device={tcti}",
+                                                            "--tpm2-pcrs=7"))  # fmt: skip
 
 
 def tpmseal_creds_decrypt(src: Path, tcti: str) -> rig.Invocation:
-    return rig.Invocation("tpmseal creds decrypt", (*rig.tpmseal_argv(), "creds", "decrypt", str(src), "-",
+    return rig.Invocation("tpmseal creds decrypt (PCR 7)", (*rig.tpmseal_argv(), "creds", "decrypt", str(src), "-",
                                                     f"--tpm2-device={tcti}"))  # fmt: skip
 
 

@@ -261,7 +261,8 @@ def meaning(r: s.Results) -> list[str]:
             f"{TPM_MS_PER_COMMAND[0]}-{TPM_MS_PER_COMMAND[1]} ms a command that is "
             f"≈ {u.total * TPM_MS_PER_COMMAND[0] / 1000:.2f}-{u.total * TPM_MS_PER_COMMAND[1] / 1000:.2f} s "
             "of TPM time.")
-        for key, name in ((s.C_CLEVIS_PASS, "clevis luks pass"), (s.C_CREDS_DECRYPT, "systemd-creds decrypt")):
+        for key, name in ((s.C_CLEVIS_PASS, "clevis luks pass"),
+                          (s.C_CREDS_DECRYPT, "systemd-creds decrypt (PCR 7)")):
             a = _count(r, key)
             if a is not None:
                 say(f"{name} sends {a.total} commands for its unseal: tpmseal sends {a.total / u.total:.1f}x fewer "
@@ -321,14 +322,16 @@ def meaning(r: s.Results) -> list[str]:
         a, b = r.vm.get("size.with_tpmseal.zstd_bytes"), r.vm.get("size.without_tpmseal.zstd_bytes")
         if a is not None and b is not None:
             say(f"The tpmseal dracut module adds {(int(str(a)) - int(str(b))) / 1e6:.1f} MB (zstd) to the initramfs.")
-    enc, dec = r.creds.get("tpmseal creds decrypt"), r.creds.get("systemd-creds decrypt")
+    enc, dec = r.creds.get("tpmseal creds decrypt (PCR 7)"), r.creds.get("systemd-creds decrypt (PCR 7)")
     if isinstance(enc, rig.Timing) and isinstance(dec, rig.Timing) and enc.samples and dec.samples:
-        say(f"Credentials: a whole `tpmseal creds decrypt` process takes {enc.median * 1000:.1f} ms, "
-            f"{enc.median / dec.median:.2f}x `systemd-creds decrypt` ({dec.median * 1000:.1f} ms): Python start-up "
+        say(f"Credentials (both bound to PCR 7): a whole `tpmseal creds decrypt` process takes "
+            f"{enc.median * 1000:.1f} ms, {enc.median / dec.median:.2f}x `systemd-creds decrypt` "
+            f"({dec.median * 1000:.1f} ms): Python start-up "
             "and imports; the server keeps them loaded and answers in the times of the load table.")
     tc, sc = r.counts.get(s.C_TS_CREDS_DECRYPT), r.counts.get(s.C_CREDS_DECRYPT)
     if isinstance(tc, rig.Count) and isinstance(sc, rig.Count):
-        say(f"A credential decrypt sends {tc.total} TPM commands (systemd-creds decrypt: {sc.total}).")
+        say(f"A credential decrypt bound to PCR 7 sends {tc.total} TPM commands (systemd-creds decrypt, PCR 7: "
+            f"{sc.total}).")
     out += [f"- note: {n}" for n in r.notes]
     return out
 

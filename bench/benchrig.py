@@ -193,13 +193,14 @@ def clevis_pass(img: Image, slot: int, tcti: str) -> Invocation:
 
 
 def creds_encrypt(src: Path, dst: Path, tcti: str) -> Invocation:
-    return Invocation("systemd-creds encrypt",
-                      ("systemd-creds", "encrypt", "--with-key=tpm2", f"--tpm2-device={tcti}", "--name=bench",
-                       str(src), str(dst)))
+    """PCR 7 given explicitly (also systemd-creds' default), the same PCRs as benchcreds' tpmseal rows."""
+    return Invocation("systemd-creds encrypt (PCR 7)",
+                      ("systemd-creds", "encrypt", "--with-key=tpm2", f"--tpm2-device={tcti}", "--tpm2-pcrs=7",
+                       "--name=bench", str(src), str(dst)))
 
 
 def creds_decrypt(src: Path, tcti: str) -> Invocation:
-    return Invocation("systemd-creds decrypt",
+    return Invocation("systemd-creds decrypt (PCR 7)",
                       ("systemd-creds", "decrypt", f"--tpm2-device={tcti}", "--name=bench", str(src), "-"))
 
 

@@ -59,13 +59,13 @@ def log(msg: str) -> None:
 # keys of the counts table (the report refers to them)
 C_TPMSEAL_UNLOCK = "unseal: tpmseal test-unlock (tpmseal-tpm2 token)"
 C_INTEROP_UNLOCK = "unseal: tpmseal test-unlock (systemd-tpm2 token)"
-C_CREDS_DECRYPT = "unseal: systemd-creds decrypt"
+C_CREDS_DECRYPT = "unseal: systemd-creds decrypt (PCR 7)"
 C_CLEVIS_PASS = "unseal: clevis luks pass"
 C_TPMSEAL_ENROLL_FIRST = "enroll: tpmseal enroll (first on this TPM: makes the SRK persistent)"
 C_TPMSEAL_ENROLL = "enroll: tpmseal enroll (SRK already persistent)"
 C_SD_ENROLL = "enroll: systemd-cryptenroll"
 C_CLEVIS_BIND = "enroll: clevis luks bind"
-C_CREDS_ENCRYPT = "seal: systemd-creds encrypt"
+C_CREDS_ENCRYPT = "seal: systemd-creds encrypt (PCR 7)"
 C_TS_CREDS_ENCRYPT = "seal: tpmseal creds encrypt (PCR 7)"
 C_TS_CREDS_DECRYPT = "unseal: tpmseal creds decrypt (PCR 7)"
 
@@ -227,10 +227,10 @@ class Collector:
         secret = self.work / "secret"
         cred = self.work / "cred-timed"
         ts_cred = self.work / "ts-cred-timed"
-        makers = {"systemd-creds encrypt": lambda: rig.creds_encrypt(secret, cred, d),
-                  "tpmseal creds encrypt": lambda: benchcreds.tpmseal_creds_encrypt(secret, ts_cred, d),
-                  "systemd-creds decrypt": lambda: rig.creds_decrypt(cred, d),
-                  "tpmseal creds decrypt": lambda: benchcreds.tpmseal_creds_decrypt(ts_cred, d)}  # fmt: skip
+        makers = {"systemd-creds encrypt (PCR 7)": lambda: rig.creds_encrypt(secret, cred, d),
+                  "tpmseal creds encrypt (PCR 7)": lambda: benchcreds.tpmseal_creds_encrypt(secret, ts_cred, d),
+                  "systemd-creds decrypt (PCR 7)": lambda: rig.creds_decrypt(cred, d),
+                  "tpmseal creds decrypt (PCR 7)": lambda: benchcreds.tpmseal_creds_decrypt(ts_cred, d)}  # fmt: skip
         log(f"timing systemd-creds and tpmseal creds encrypt/decrypt x {self.r.options.reps}")
         self.timed(self.r.creds, makers, self.r.options.reps)
         log("credential server: 1, 10, 200 concurrent clients")

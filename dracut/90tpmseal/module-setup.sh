@@ -29,7 +29,7 @@ TPMSEAL_PY_OPTIONAL="tpmseal.unlock tpmseal.tpm.device tpmseal.tpm.seal tpmseal.
     tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis tpmseal.interop.primary tpmseal.boot.measure
     tpmseal.update.signed tpmseal.inventory tpmseal.prompt
     tpmseal.doctor tpmseal.doctor.checks tpmseal.tpm.info tpmseal.config.discover tpmseal.config.crypttab
-    tpmseal.config.bootloader tpmseal.config.files"
+    tpmseal.config.bootloader tpmseal.config.files tpmseal.tpm.strength"
 TPMSEAL_SITE=/usr/lib/tpmseal/site
 
 check() {

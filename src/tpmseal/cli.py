@@ -154,6 +154,9 @@ def _enroll_locked(
     finally:
         if pin is not None:
             pin.close()
+    result.check_strength()
+    for line in result.warnings:
+        print(f"tpmseal: warning: {line}", file=sys.stderr)
     if args.json:
         _print_json(asdict(result))
     else:
@@ -200,6 +203,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                     None: "PCRs not checked",
                 }[t.policy_satisfied]
                 detail = f"PCRs {t.pcrs or 'none'} ({t.pcr_bank}){', PIN' if t.pin else ''}; {state}"
+                if t.weak_binding:
+                    detail += f"; WEAK: {t.weak_binding}"
             if t.orphan:
                 detail = (detail + "; " if detail else "") + "orphan: left by an interrupted operation"
             print(f"{t.token:<6} {t.type:<16} {','.join(map(str, t.keyslots)) or '-':<9} {detail}")
@@ -218,6 +223,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "with a copy of it could boot code that unseals it",
                 file=sys.stderr,
             )
+        if t.weak_binding:
+            from tpmseal.tpm.strength import MESSAGES, advice
+
+            print(f"warning: token {t.token} is {MESSAGES[t.weak_binding]}; {advice(bool(t.pin))}", file=sys.stderr)
     for t in rep.tokens:
         for w in _seal_warnings(t):
             print(f"warning: token {t.token} {w}", file=sys.stderr)
@@ -358,6 +367,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             _pin_source(args),
             volume_binding=not args.no_volume_binding,
         )
+    _warn_weak(r.token, r.pcrs, r.pin)
     if args.json:
         _print_json(asdict(r))
     else:
@@ -370,6 +380,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         elif r.kept:
             print(f"kept the {r.source_type} token and its keyslot (--keep)")
     return 0
+
+
+def _warn_weak(token: int, pcrs: str, pin: bool) -> None:
+    from tpmseal.tpm.strength import advice, weakness
+
+    w = weakness(int(i) for i in pcrs.split("+") if i)
+    if w is not None:
+        print(f"tpmseal: warning: token {token} is {w.message}; {advice(pin)}", file=sys.stderr)
 
 
 def cmd_measure_volumes(args: argparse.Namespace) -> int:

@@ -57,6 +57,17 @@ class EnrollResult:
     replaced_keyslots: list[int] = field(default_factory=list)
     wiped_keyslots: list[int] = field(default_factory=list)
     cleaned_up: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # weak settings (tpm/strength.py), also on stderr
+
+    def check_strength(self) -> None:
+        """Fill ``warnings`` when the policy binds to nothing about the boot (tpm/strength.py)."""
+        from tpmseal.tpm.strength import advice, weakness
+
+        if self.type == "recovery":
+            return
+        w = weakness(int(i) for i in self.pcrs.split("+") if i)
+        if w is not None:
+            self.warnings.append(f"token {self.token} is {w.message}; {advice(self.pin)}")
 
 
 def clean_up_interrupted(volume: Volume, header: Header) -> list[str]:

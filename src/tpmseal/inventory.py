@@ -110,6 +110,7 @@ class TokenInfo:
     volume_binding: bool | None = None  # bound to PCR 15 (closed after the boot's unlock phase)
     error: str | None = None
     seal_details: list[SealInfo] = field(default_factory=list)  # native tokens: every seal
+    weak_binding: str | None = None  # no-pcr | volume-only | resettable-only (tpm/strength.py); None: not weak
 
 
 @dataclass
@@ -192,11 +193,13 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
                 info.created = nt.created
                 info.volume_binding = all(is_volume_bound(x.pcrs) for x in nt.seals)
                 info.seal_details = seal_infos(nt)
+                info.weak_binding = _weak_kind(*(x.pcrs.indexes for x in nt.seals))
                 natives.append((info, nt))
         elif t.type in FOREIGN_TPM_TYPES:
             try:
                 sel, info.pin = describe(t.type, t.data)
                 info.pcrs, info.pcr_bank = sel.format(), sel.bank
+                info.weak_binding = _weak_kind(sel.indexes)
             except TpmsealError as e:
                 info.error = e.message
         tokens.append(info)
@@ -204,6 +207,13 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
     if natives and tpm_device is not None:
         tpm_error = _check_policies(tpm_device, natives)
     return VolumeReport(volume.path, keyslots, tokens, orphans, orphan_ids, tpm_error)
+
+
+def _weak_kind(*seals_indexes: tuple[int, ...]) -> str | None:
+    from tpmseal.tpm.strength import weakness_of
+
+    w = weakness_of(seals_indexes)
+    return w.kind if w is not None else None
 
 
 def _check_policies(tpm_device: str, natives: list[tuple[TokenInfo, NativeToken]]) -> str | None:

@@ -105,7 +105,42 @@ def test_round_trip_cli(swtpm: Swtpm, no_leaks: None, tmp_path: Path) -> None:
     )  # fmt: skip
     assert p.stdout == b"pw\x00x"
     info = json.loads(run_cli("creds", "inspect", str(out), "--json").stdout)
-    assert info["name"] == "db" and info["unit"] == UNIT and info["pcrs"] == [] and info["size"] == 4
+    assert info["name"] == "db" and info["unit"] == UNIT and info["size"] == 4
+    assert info["pcrs"] == [{"index": 7, "value": swtpm.pcr(7).hex()}]  # the default, see below
+
+
+def test_default_binds_pcr7_like_systemd_creds_and_a_changed_pcr7_refuses(other_swtpm: Swtpm, tmp_path: Path) -> None:
+    """Without --tpm2-pcrs the data key is sealed to PCR 7 (the Secure Boot state), as systemd-creds does (not to
+    PCR 15, which measure-volumes has extended by the time services read credentials):
+    the header names it, the policy digest is PolicyPCR(7) over the value at encryption, and once PCR 7 moves
+    (another boot chain) the TPM refuses. Control: a credential encrypted with --tpm2-pcrs= (none, with a
+    warning) still decrypts after the same change, so the refusal is the binding's doing."""
+    from tpmseal.tpm.pcrs import Pcr, PcrSelection
+    from tpmseal.tpm.policy import policy_digest
+
+    tcti = f"--tpm2-device={other_swtpm.tcti}"
+    bound, unbound = tmp_path / "bound.cred", tmp_path / "unbound.cred"
+    p = run_cli("creds", "encrypt", "db", "-", str(bound), tcti, stdin=b"pw")
+    assert "warning" not in p.stderr
+    pcr7 = other_swtpm.pcr(7)
+    h = reader.parse(bound.read_bytes()).native
+    assert h is not None
+    assert [(p.index, p.value) for p in h.header.pcrs.pcrs] == [(7, pcr7)] and h.header.pcrs.bank == "sha256"
+    assert h.header.policy_digest == policy_digest(PcrSelection("sha256", (Pcr(7, pcr7),)), False)
+    p = run_cli("creds", "encrypt", "db", "-", str(unbound), tcti, "--tpm2-pcrs=", stdin=b"pw")
+    assert "tpmseal: warning: the credential is bound to no PCR" in p.stderr
+    assert run_cli("creds", "decrypt", str(bound), tcti).stdout == "pw"
+    # why not PCR 15: a credential bound to it at boot-time zero is dead once the initramfs measured the volumes
+    zero15 = tmp_path / "zero15.cred"
+    run_cli("creds", "encrypt", "db", "-", str(zero15), tcti, "--tpm2-pcrs=7+15", stdin=b"pw")
+    run_cli("measure-volumes", tcti)
+    assert run_cli("creds", "decrypt", str(bound), tcti).stdout == "pw"
+    run_cli("creds", "decrypt", str(zero15), tcti, check=5)
+    other_swtpm.extend(7, b"another boot chain")
+    p = run_cli("creds", "decrypt", str(bound), tcti, check=5)
+    assert "PCR(s) 7 differ" in p.stderr and p.stdout == ""
+    assert run_cli("creds", "decrypt", str(unbound), tcti).stdout == "pw"
+    assert other_swtpm.loaded_handles() == []
 
 
 def test_round_trip_1mib_binary_and_limit(swtpm: Swtpm, no_leaks: None) -> None:
@@ -634,7 +669,7 @@ def test_systemd_format_written_for_systemd_creds(sd_tpm: Swtpm, tmp_path: Path)
     _flush_systemd_leaks(sd_tpm)
     assert p.returncode != 0 and b"does not match" in p.stderr
     assert dec(sd_tpm, out.read_bytes(), name="db", unit=None) == b"to systemd"
-    run_cli("creds", "encrypt", "db", "-", str(tmp_path / "x"), "--format=systemd",
+    run_cli("creds", "encrypt", "db", "-", str(tmp_path / "x"), "--format=systemd", "--tpm2-pcrs=",
             f"--tpm2-device={sd_tpm.tcti}", stdin=b"x", check=2)  # no PCR: systemd 252 could not read it  # fmt: skip
 
 

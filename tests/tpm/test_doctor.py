@@ -142,7 +142,7 @@ def test_doctor_all_ok_exits_0(image: Image, other_swtpm: Swtpm, tmp_path: Path)
     rep = doctor(image, other_swtpm, root, make_initrd(tmp_path / "initrd.img", __version__), check=0)
     assert rep["status"] == "ok"
     for name in ("tpm", "srk", "srk-match", "token-unseal", "token-next-boot", "way-in", "volume-binding",
-                 "crypttab", "cmdline", "initramfs", "credd-socket", "credentials"):  # fmt: skip
+                 "pcr-binding", "crypttab", "cmdline", "initramfs", "credd-socket", "credentials"):  # fmt: skip
         assert status(rep, name) == "ok", name
     assert "opens keyslot 1" in by_check(rep, "token-unseal")[0]["message"]
     assert other_swtpm.loaded_handles() == []

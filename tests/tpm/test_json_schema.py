@@ -21,6 +21,7 @@ LIST_SCHEMA = {
     "tokens": [{"token": int, "type": str, "keyslots": [int], "orphan": bool, "pcrs": OPT_STR,
                 "pcr_bank": OPT_STR, "pin": OPT_BOOL, "seals": OPT_INT, "created": OPT_STR,
                 "policy_satisfied": OPT_BOOL, "changed_pcrs": [int], "volume_binding": OPT_BOOL, "error": OPT_STR,
+                "weak_binding": OPT_STR,
                 "seal_details": [{"index": int, "label": str, "kind": str, "pcrs": str, "pin": bool,
                                   "key_name": OPT_STR, "description": OPT_STR, "enrolled_pcrs": OPT_STR,
                                   "approvals": [{"label": str, "pcrs": str, "created": str, "signature_valid": bool,
@@ -34,6 +35,7 @@ TEST_UNLOCK_SCHEMA = {
 ENROLL_SCHEMA = {
     "device": str, "keyslot": int, "token": int, "type": str, "pcrs": str, "pcr_bank": str, "pin": bool,
     "verified": str, "replaced_keyslots": [int], "wiped_keyslots": [int], "cleaned_up": [str],
+    "warnings": [str],
 }  # fmt: skip
 WIPE_SCHEMA = {"device": str, "wiped_keyslots": [int]}
 
@@ -65,6 +67,14 @@ def test_json_outputs_match_documented_schema(image: Image, swtpm: Swtpm, tmp_pa
     check(json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout), LIST_SCHEMA)
     check(json.loads(run_cli("test-unlock", image.dev, tpm, "--json").stdout), TEST_UNLOCK_SCHEMA)
     check(json.loads(run_cli("wipe-slot", image.dev, tpm, "--wipe-slot=recovery", "--json").stdout), WIPE_SCHEMA)
+    assert enrolled["warnings"] == [] and listing["tokens"][0]["weak_binding"] is None  # PCR 7: not weak
+    weak = json.loads(run_cli("enroll", image.dev, tpm, "--unlock-key-file", str(image.keyfile), "--replace",
+                              "--tpm2-pcrs=", "--json").stdout)  # fmt: skip
+    check(weak, ENROLL_SCHEMA)
+    assert len(weak["warnings"]) == 1
+    weak_listing = json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout)
+    check(weak_listing, LIST_SCHEMA)
+    assert [t["weak_binding"] for t in weak_listing["tokens"]] == ["volume-only"]
     # a signed-policy token: its seal, description and approvals
     signed = make_luks2(tmp_path / "signed.img")
     run_cli("enroll", signed.dev, tpm, "--unlock-key-file", str(signed.keyfile), "--tpm2-public-key-pcrs=7",

@@ -13,6 +13,11 @@ from typing import Any
 
 from tpmseal.cliopts import add_tpm2_device
 
+# What a credential is bound to when --tpm2-pcrs is not given: PCR 7, the Secure Boot state, as
+# systemd-creds does. Not PCR 15: credentials are decrypted after boot, when the initramfs has already
+# extended it (a zero value would never hold again). See tpmseal-creds(8), "Choosing PCRs".
+DEFAULT_PCRS = "7"
+
 
 def _bool_off(text: str | None) -> bool:
     return text is not None and text.strip().lower() not in ("0", "no", "false", "off")
@@ -86,7 +91,8 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     source = args.input_or_output if args.output is not None else "-"
     if output is None:
         raise UsageError("creds encrypt needs an OUTPUT file ('-' for stdout)")
-    selection = parse_pcrs(args.tpm2_pcrs)
+    selection = parse_pcrs(DEFAULT_PCRS if args.tpm2_pcrs is None else args.tpm2_pcrs)
+    _warn_weak(selection.indexes)
     not_after = envelope.parse_time(args.not_after) if args.not_after else None
     with _read_secret(source) as secret, open_tpm(args.tpm2_device) as esapi:
         if args.format == "systemd":
@@ -95,6 +101,15 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             data = envelope.encrypt(esapi, secret, name, unit, selection, not_after)
     _write_output(output, data, 0o600)
     return 0
+
+
+def _warn_weak(indexes: tuple[int, ...]) -> None:
+    from tpmseal.tpm.strength import weakness
+
+    w = weakness(indexes)
+    if w is not None:
+        print(f"tpmseal: warning: the credential is {w.message}; the default, PCR 7, binds it to the Secure Boot "
+              "state", file=sys.stderr)  # fmt: skip
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
@@ -200,7 +215,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     e.add_argument("output", metavar="OUTPUT", nargs="?", help="the credential file to write ('-': stdout)")
     e.add_argument("--unit", metavar="UNIT", help="bind the credential to this unit")
     tpm(e)
-    e.add_argument("--tpm2-pcrs", default="", metavar="PCRS", help="PCRs to bind to: 7+11, 7:sha256=HEX (default none)")
+    e.add_argument(
+        "--tpm2-pcrs",
+        default=None,
+        metavar="PCRS",
+        help="PCRs to bind to: 7+11, 7:sha256=HEX (default 7, the Secure Boot state, as systemd-creds; "
+        "'' for none: any system booted on this machine decrypts it)",
+    )
     e.add_argument(
         "--tpm2-with-pin",
         nargs="?",

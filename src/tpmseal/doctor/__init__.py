@@ -127,6 +127,7 @@ def run_doctor(
         rep.checks += c.check_tokens(vol, header, tpm_device, pcrs, tpm_error)
         rep.checks.append(c.check_way_in(vol, header))
         rep.checks += c.check_volume_binding(vol, header)
+        rep.checks += c.check_pcr_binding(vol, header)
         rep.checks.append(c.check_crypttab(root, v))
         rep.checks.append(c.check_cmdline(root, v, sources))
 

@@ -369,6 +369,37 @@ def check_volume_binding(volume: Volume, header: Header) -> list[Check]:
     return out
 
 
+def check_pcr_binding(volume: Volume, header: Header) -> list[Check]:
+    """TPM tokens whose policy binds to nothing about the boot: no PCR, only PCR 15, only resettable PCRs
+    (tpm/strength.py). Any system booted on this machine unseals those."""
+    from tpmseal.interop import FOREIGN_TPM_TYPES, describe
+    from tpmseal.luks.tokens import parse_native
+    from tpmseal.tpm.strength import advice, boot_pcrs, weakness_of
+
+    out = []
+    for t in sorted(header.tokens.values(), key=lambda t: t.id):
+        who = f"{volume.path} token {t.id} ({t.type})"
+        try:
+            if t.type == NATIVE_TYPE:
+                nt = parse_native(t.data)
+                sets, pin = [s.pcrs.indexes for s in nt.seals], nt.pin
+            elif t.type in FOREIGN_TPM_TYPES:
+                sel, pin = describe(t.type, t.data)
+                sets = [sel.indexes]
+            else:
+                continue
+        except TpmsealError:
+            continue  # reported by the token check
+        w = weakness_of(sets)
+        if w is None:
+            bound = sorted({i for s in sets for i in boot_pcrs(s)})
+            out.append(Check("pcr-binding", OK, f"bound to boot-state PCR(s) {', '.join(map(str, bound))}",
+                             subject=who))  # fmt: skip
+        else:
+            out.append(Check("pcr-binding", WARN, w.message, advice(pin), who))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Boot configuration under --root
 

@@ -9,8 +9,9 @@ volume key, which on the running system nothing can unseal (PCR 15 volume bindin
 
 Unseal (11 TPM commands; +1 with a PIN, +1 with fixed PCRs): PCR_Read (pick the approved policy
 whose values are current), LoadExternal (the public key, owner hierarchy: a NULL-hierarchy ticket is
-useless), VerifySignature -> ticket, FlushContext, ReadPublic (the SRK as the TPM holds it), Load, StartAuthSession (salted with the SRK),
-PolicyPCR, PolicyAuthorize, [PolicyPCR fixed], [PolicyAuthValue], Unseal, FlushContext.
+useless), VerifySignature -> ticket, FlushContext, ReadPublic (the SRK as the TPM holds it), Load,
+StartAuthSession (salted with that SRK), PolicyPCR, PolicyAuthorize, [PolicyPCR fixed], [PolicyAuthValue],
+Unseal, FlushContext.
 """
 
 from __future__ import annotations

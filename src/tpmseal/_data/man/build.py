@@ -8,6 +8,7 @@ A docutils warning or error stops the build, so a broken page never ships half r
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,24 @@ def to_troff(source: Path) -> bytes:
         settings_overrides=dict(SETTINGS),
     )
     # The docutils writer titles the generated NAME section "Name"; every other heading is upper case.
-    return troff.replace(b"\n.SH Name\n", b"\n.SH NAME\n", 1)
+    troff = troff.replace(b"\n.SH Name\n", b"\n.SH NAME\n", 1)
+    if TEST_CITATION.search(troff):
+        troff = TEST_CITATION.sub(_breakable, troff)
+        troff = troff.replace(b"\n.SH NAME\n", b"\n.ad l\n.SH NAME\n", 1)
+    return troff
+
+
+# A test cited as ``tpm/test_x.py::test_name`` (tpmseal(7)) is longer than a man page line: let troff break it
+# after "/", "::" and "_" (\: is an invisible break point), and set such a page ragged right (.ad l), since a
+# line holding one piece of a name cannot be justified.
+TEST_CITATION = re.compile(rb"\\fB((?:tpm|vm|unit)/test_\w+\.py::test_\w+)\\fP")
+
+
+def _breakable(m: re.Match[bytes]) -> bytes:
+    r"""Break points (``\:``) after "/", "::" and "_", and no hyphenation (``\%``) of any piece."""
+    brk = b"\\:\\%"
+    text = m.group(1).replace(b"_", b"_" + brk).replace(b"::", b"::" + brk).replace(b"/", b"/" + brk)
+    return b"\\fB\\%" + text + b"\\fP"
 
 
 def render(source: Path, outdir: Path) -> Path:
