@@ -123,7 +123,7 @@ def _enroll_locked(
         with recovery:
             text = recovery.buffer.decode()
             if args.json:
-                _print_json({**asdict(result), "recovery_key": text})
+                _print_json({**result.to_json(), "recovery_key": text})
             else:
                 print("A recovery key was added. Write it down and keep it safe; it is shown only once:")
                 print(f"\n    {text}\n")
@@ -158,7 +158,7 @@ def _enroll_locked(
     for line in result.warnings:
         print(f"tpmseal: warning: {line}", file=sys.stderr)
     if args.json:
-        _print_json(asdict(result))
+        _print_json(result.to_json())
     else:
         for line in result.cleaned_up:
             print(f"cleaned up: {line}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tpmseal.errors import NoFreeKeyslot, Refused, TpmsealError
@@ -30,7 +30,7 @@ from tpmseal.luks.tokens import (
 from tpmseal.luks.volume import Header, Token, Volume
 from tpmseal.recovery import generate_recovery_key
 from tpmseal.secret import Secret
-from tpmseal.tpm.pcrs import PcrSelection
+from tpmseal.tpm.pcrs import Pcr, PcrSelection
 from tpmseal.unlock import PinSource, TokenOpener, keyslot_passphrase, read_pcrs
 from tpmseal.wipe import WipeSpec, remove_keyslot, select, wipe
 
@@ -58,6 +58,12 @@ class EnrollResult:
     wiped_keyslots: list[int] = field(default_factory=list)
     cleaned_up: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # weak settings (tpm/strength.py), also on stderr
+    sealed_pcrs: tuple[Pcr, ...] | None = None  # the seal's PCRs with their values, where known
+
+    def to_json(self) -> dict[str, object]:
+        out = asdict(self)
+        del out["sealed_pcrs"]
+        return out
 
     def check_strength(self) -> None:
         """Fill ``warnings`` when the policy binds to nothing about the boot (tpm/strength.py)."""
@@ -65,7 +71,7 @@ class EnrollResult:
 
         if self.type == "recovery":
             return
-        w = weakness(int(i) for i in self.pcrs.split("+") if i)
+        w = weakness(self.sealed_pcrs if self.sealed_pcrs is not None else (int(i) for i in self.pcrs.split("+") if i))
         if w is not None:
             self.warnings.append(f"token {self.token} is {w.message}; {advice(self.pin)}")
 
@@ -170,7 +176,7 @@ def enroll_native(
 
     result = EnrollResult(
         volume.path, slot, token_id, NATIVE_TYPE, new_seal.pcrs.format(), new_seal.pcrs.bank, pin is not None,
-        verified, cleaned_up=cleaned,
+        verified, cleaned_up=cleaned, sealed_pcrs=new_seal.pcrs.pcrs,
     )  # fmt: skip
     return finish(volume, result, old, wipe_spec, tpm_device, force)
 

@@ -19,6 +19,7 @@ from tpmseal.luks.tokens import (
     pending_keyslot,
 )
 from tpmseal.luks.volume import Header, Token, Volume
+from tpmseal.tpm.pcrs import Pcr
 from tpmseal.unlock import PinGuard, PinSource, changed_pcrs, read_pcrs, token_openers
 
 TPM_TYPES = (NATIVE_TYPE, "systemd-tpm2")
@@ -193,7 +194,7 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
                 info.created = nt.created
                 info.volume_binding = all(is_volume_bound(x.pcrs) for x in nt.seals)
                 info.seal_details = seal_infos(nt)
-                info.weak_binding = _weak_kind(*(x.pcrs.indexes for x in nt.seals))
+                info.weak_binding = _weak_kind(*(x.pcrs.pcrs for x in nt.seals))
                 natives.append((info, nt))
         elif t.type in FOREIGN_TPM_TYPES:
             try:
@@ -209,7 +210,7 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
     return VolumeReport(volume.path, keyslots, tokens, orphans, orphan_ids, tpm_error)
 
 
-def _weak_kind(*seals_indexes: tuple[int, ...]) -> str | None:
+def _weak_kind(*seals_indexes: tuple[int, ...] | tuple[Pcr, ...]) -> str | None:
     from tpmseal.tpm.strength import weakness_of
 
     w = weakness_of(seals_indexes)

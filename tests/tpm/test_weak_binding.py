@@ -125,3 +125,27 @@ def test_foreign_systemd_token_without_pcrs_is_flagged(image: Image, other_swtpm
     p = run_cli("migrate", image.dev, "--from=systemd-tpm2", f"--tpm2-device={other_swtpm.tcti}")
     assert "tpmseal: warning: token" in p.stderr and "bound only to PCR 15" in p.stderr
     assert [t["weak_binding"] for t in listing(image, other_swtpm)["tokens"]] == ["volume-only"]
+
+
+@pytest.mark.parametrize("pcr", ["17", "12"])
+def test_a_pcr_sealed_at_its_reset_value_is_warned_listed_and_any_boot_unseals_it(
+    image: Image, other_swtpm: Swtpm, pcr: str
+) -> None:
+    """Review R4: PCR 17 (all ones without a dynamic launch) or 12 (zero: nothing extends it here) binds
+    nothing; the index alone looks fine, so the check reads the sealed value."""
+    value = other_swtpm.pcr(int(pcr))
+    assert value in (bytes(32), b"\xff" * 32)  # nothing was ever measured into it
+    r, err = enroll(image, other_swtpm, f"--tpm2-pcrs={pcr}")
+    assert r is not None and len(r["warnings"]) == 1 and "reset value" in r["warnings"][0], (r, err)
+    [tok] = listing(image, other_swtpm)["tokens"]
+    assert tok["weak_binding"] == "reset-value", tok
+    other_swtpm.extend(7, b"another operating system from a USB stick")
+    assert unlocks(image, other_swtpm)  # the weakness is real
+
+
+def test_control_a_pcr_sealed_at_a_measured_value_is_not_flagged(image: Image, other_swtpm: Swtpm) -> None:
+    other_swtpm.extend(12, b"something this boot measured")
+    r, _ = enroll(image, other_swtpm, "--tpm2-pcrs=12")
+    assert r is not None and r["warnings"] == []
+    [tok] = listing(image, other_swtpm)["tokens"]
+    assert tok["weak_binding"] is None, tok

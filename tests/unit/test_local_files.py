@@ -333,6 +333,38 @@ def test_tpm_info_refuses_a_luks_image_as_tpm2_device_and_leaves_it_byte_for_byt
     assert luks1.read_bytes()[:6] == b"LUKS\xba\xbe"
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    ["libtss2-tcti-device.so.0:{}", "libtss2-tcti-device.so:{}",
+     "/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0:{}", "pcap:device:{}", "cmd:cat > {}"],
+)  # fmt: skip
+def test_library_and_wrapper_spellings_of_the_device_tcti_are_refused(luks1: Path, spelling: str) -> None:
+    """Review R6: the TCTI loader takes library names and wrappers as well; none of them may reach a file."""
+    from support import run_cli
+
+    before = digest(luks1)
+    p = run_cli("tpm", "info", f"--tpm2-device={spelling.format(luks1)}", check=None)
+    assert p.returncode in (2, 4), p.stderr
+    assert "is not one tpmseal accepts" in p.stderr or "TPM character device" in p.stderr, p.stderr
+    assert digest(luks1) == before
+
+
+def test_control_a_library_spelling_does_write_into_the_image_without_the_name_check(
+    luks1: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control for R6: with the name allowlist removed, the library spelling writes TPM command bytes."""
+    from tpmseal.errors import TpmsealError
+    from tpmseal.tpm import device
+
+    monkeypatch.setattr(device, "TCTI_NAMES", (*device.TCTI_NAMES, "libtss2-tcti-device.so.0"))
+    try:
+        with device.open_tpm(f"libtss2-tcti-device.so.0:{luks1}"):
+            pass
+    except TpmsealError:
+        pass
+    assert luks1.read_bytes()[:2] == b"\x80\x01"  # a TPM2_ST_NO_SESSIONS command over the LUKS magic
+
+
 def test_open_tpm_refuses_a_regular_file_before_the_tcti_opens_it(luks1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tpmseal.errors import TpmsealError, TpmUnavailable
     from tpmseal.tpm import device

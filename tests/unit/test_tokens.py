@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import hmac
 import json
 
 import pytest
@@ -75,8 +74,9 @@ def test_pin_kdfs_derive_the_documented_values() -> None:
     salt = b"salt" * 4
     with PinKdf(salt).derive(pin) as auth:
         assert auth.buffer == hashlib.scrypt(b"1234", salt=salt, n=1 << 14, r=8, p=1, dklen=32)
-    with PinKdf(salt, LEGACY_HMAC, 0, 0, 0).derive(pin) as auth:
-        assert auth.buffer == hmac.new(salt, b"1234", hashlib.sha256).digest()
+    # version 1's one HMAC is never derived: a header edit could downgrade a seal to it (review R1)
+    with pytest.raises(TokenUnsupported, match="unstretched"):
+        PinKdf(salt, LEGACY_HMAC, 0, 0, 0).derive(pin)
     with pytest.raises(ValueError):
         PinKdf(salt).derive(bytearray())
 
@@ -85,9 +85,12 @@ BAD_PIN = [
     (lambda d: d.update(version=1), TokenCorrupt, "unknown field(s) pin_kdf"),
     (lambda d: d["seals"][0].pop("pin_kdf"), TokenCorrupt, "needs a KDF"),
     (lambda d: d["seals"][0]["pin_kdf"].update(algorithm="pbkdf2"), TokenUnsupported, "PIN KDF 'pbkdf2'"),
-    (lambda d: d["seals"][0]["pin_kdf"].update(log2_n=4), TokenCorrupt, "log2_n: must be 14-20"),
-    (lambda d: d["seals"][0]["pin_kdf"].update(log2_n=21), TokenCorrupt, "log2_n: must be 14-20"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(log2_n=4), TokenCorrupt, "log2_n: must be 14-16"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(log2_n=17), TokenCorrupt, "log2_n: must be 14-16"),
     (lambda d: d["seals"][0]["pin_kdf"].update(r=0), TokenCorrupt, "scrypt r must be"),
+    (lambda d: d["seals"][0]["pin_kdf"].update(r=1), TokenCorrupt, "scrypt r must be"),  # 8x cheaper
+    (lambda d: d["seals"][0]["pin_kdf"].update(log2_n=16, r=16), TokenCorrupt, "at most 64 MiB"),  # 128 MiB
+    (lambda d: d["seals"][0]["pin_kdf"].update(log2_n=16, r=8, p=4), TokenCorrupt, "at most 2"),  # 16x work
     (lambda d: d["seals"][0]["pin_kdf"].update(p=True), TokenCorrupt, "p: expected an integer"),
     (lambda d: d["seals"][0]["pin_kdf"].update(extra=1), TokenCorrupt, "unknown field(s) extra"),
     (lambda d: d["seals"][0].update(pin=False), TokenCorrupt, "no salt and no KDF"),

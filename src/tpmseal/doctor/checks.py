@@ -374,6 +374,7 @@ def check_pcr_binding(volume: Volume, header: Header) -> list[Check]:
     (tpm/strength.py). Any system booted on this machine unseals those."""
     from tpmseal.interop import FOREIGN_TPM_TYPES, describe
     from tpmseal.luks.tokens import parse_native
+    from tpmseal.tpm.pcrs import Pcr
     from tpmseal.tpm.strength import advice, boot_pcrs, weakness_of
 
     out = []
@@ -382,7 +383,8 @@ def check_pcr_binding(volume: Volume, header: Header) -> list[Check]:
         try:
             if t.type == NATIVE_TYPE:
                 nt = parse_native(t.data)
-                sets, pin = [s.pcrs.indexes for s in nt.seals], nt.pin
+                sets: list[tuple[int, ...] | tuple[Pcr, ...]] = [s.pcrs.pcrs for s in nt.seals]
+                pin = nt.pin
             elif t.type in FOREIGN_TPM_TYPES:
                 sel, pin = describe(t.type, t.data)
                 sets = [sel.indexes]

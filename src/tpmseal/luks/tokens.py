@@ -204,8 +204,10 @@ def _pin_kdf(v: Any, where: str, salt: bytes) -> PinKdf:
         raise _fail(
             f"{where}.log2_n", f"must be {seal_mod.PIN_SCRYPT_MIN_LOG2_N}-{PIN_SCRYPT_MAX_LOG2_N} (scrypt N = 2^log2_n)"
         )
-    if not 1 <= r <= 32 or not 1 <= p <= 16 or (1 << log2_n) * r * p > 1 << 24:
-        raise _fail(where, "scrypt r must be 1-32, p 1-16, and N*r*p at most 2^24")
+    # neither cheaper than the default (r 8, p 1) nor a memory or time bomb: at most 64 MiB (128*N*r) and
+    # 8 times the default work, which a 1 GiB initramfs VM still derives
+    if not 8 <= r <= 16 or not 1 <= p <= 4 or 128 * (1 << log2_n) * r > 64 << 20 or (1 << log2_n) * r * p > 1 << 20:
+        raise _fail(where, "scrypt r must be 8-16, p 1-4, 128*N*r at most 64 MiB and N*r*p at most 2^20")
     return PinKdf(salt, SCRYPT, log2_n, r, p)
 
 

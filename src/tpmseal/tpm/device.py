@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 DEFAULT_DEVICE = "/dev/tpmrm0"
 
 
-DEVICE_HINT = "use auto, a TPM character device (/dev/tpmrm0), device:PATH, swtpm:path=SOCK or another TCTI string"
+DEVICE_HINT = "use auto, a TPM character device (/dev/tpmrm0), device:PATH, swtpm:path=SOCK, mssim:… or tabrmd:…"
+# The TCTIs --tpm2-device may name. The TCTI loader also takes library spellings (libtss2-tcti-device.so.0,
+# a path to a .so) and wrappers (pcap:, cmd:); each is refused rather than checked, so that no spelling
+# sends TPM commands into a file that is not a TPM.
+TCTI_NAMES = ("device", "swtpm", "mssim", "tabrmd")
 
 
 def _kind(mode: int) -> str:
@@ -72,6 +76,8 @@ def check_device(device: str, must_exist: bool = True) -> None:
     name, sep, conf = device.partition(":")
     if not sep:
         raise TpmUnavailable(f"invalid --tpm2-device '{device}'", DEVICE_HINT)
+    if name not in TCTI_NAMES:
+        raise TpmUnavailable(f"--tpm2-device '{device}': TCTI '{name}' is not one tpmseal accepts", DEVICE_HINT)
     if name == "device" and conf:
         _require(conf, stat.S_IFCHR, "a TPM character device", must_exist)
     elif name in ("swtpm", "mssim"):
@@ -85,7 +91,7 @@ def tcti_for(device: str) -> str:
     """Map ``--tpm2-device`` to a TCTI string, after ``check_device``.
 
     ``auto`` is the kernel resource manager; a path is a kernel device; ``device:PATH``,
-    ``swtpm:path=SOCK``, ``mssim:…`` and any other ``NAME:CONF`` are TCTI strings as they are.
+    ``swtpm:path=SOCK``, ``mssim:…`` and ``tabrmd:…`` are TCTI strings as they are (no other TCTI).
     """
     if device in ("", "auto"):
         if not os.path.exists(DEFAULT_DEVICE):

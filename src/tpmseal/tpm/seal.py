@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,7 +41,7 @@ PIN_SCRYPT_LOG2_N = 14
 PIN_SCRYPT_R = 8
 PIN_SCRYPT_P = 1
 PIN_SCRYPT_MIN_LOG2_N = 14
-PIN_SCRYPT_MAX_LOG2_N = 20
+PIN_SCRYPT_MAX_LOG2_N = 16
 PIN_SALT_BYTES = 16
 LEGACY_HMAC = "hmac-sha256"  # token version 1: one unstretched HMAC
 SCRYPT = "scrypt"
@@ -53,7 +52,8 @@ class PinKdf:
     """How a seal turns its PIN into the sealed object's authValue (per-seal random ``salt``).
 
     ``scrypt`` (token version 2): scrypt(PIN, salt, N = 2^log2_n, r, p, 32 bytes). ``hmac-sha256``
-    (token version 1, read only): HMAC-SHA256(key = salt, message = PIN).
+    (token version 1: HMAC-SHA256(key = salt, message = PIN)) is parsed, so that ``list`` shows such a seal,
+    but never derived: a header edit could downgrade a stretched seal to it.
     """
 
     salt: bytes
@@ -71,12 +71,22 @@ class PinKdf:
     def derive(self, pin: bytearray) -> Secret:
         if not pin:
             raise ValueError("empty PIN")  # callers refuse empty PINs before they get here
+        from tpmseal.errors import TokenCorrupt, TokenUnsupported
+
         if self.algorithm == LEGACY_HMAC:
-            return Secret.take(bytearray(hmac.new(self.salt, bytes(pin), hashlib.sha256).digest()))
+            # Not derived: anyone who can edit the header could turn a stretched seal into this one
+            # (version 1, no pin_kdf) and make each PIN guess one HMAC again. The TPM never sees the PIN.
+            raise TokenUnsupported(
+                "this PIN seal uses the unstretched PIN format of token version 1, which tpmseal no longer opens",
+                "re-enroll it: tpmseal enroll DEVICE --replace --tpm2-with-pin (the passphrase still opens the volume)",
+            )
         n = 1 << self.log2_n
-        out = hashlib.scrypt(
-            bytes(pin), salt=self.salt, n=n, r=self.r, p=self.p, maxmem=256 * n * self.r + (1 << 20), dklen=32
-        )
+        try:
+            out = hashlib.scrypt(
+                bytes(pin), salt=self.salt, n=n, r=self.r, p=self.p, maxmem=256 * n * self.r + (1 << 20), dklen=32
+            )
+        except (MemoryError, ValueError):
+            raise TokenCorrupt("the PIN's scrypt parameters need more memory than this system gives") from None
         return Secret.take(bytearray(out))
 
 
@@ -211,7 +221,8 @@ def unseal(
                 raise PinRejected(
                     f"wrong PIN ({left} of {maximum} tries left before the TPM locks out)",
                     tries_left=left,
-                    hint="wrong PINs are not retried; each one counts toward the TPM's lockout",
+                    hint="wrong PINs are not retried; each one counts toward the TPM's lockout. If the PIN was "
+                    "right, the token may have been altered (its PIN salt or parameters): check 'tpmseal list'",
                 ) from None
             if e.error == TPM2_RC.LOCKOUT:
                 raise TpmLockout("the TPM is in dictionary-attack lockout and refuses the PIN") from None
