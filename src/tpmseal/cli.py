@@ -113,7 +113,7 @@ def _enroll_locked(
     wipe_spec: WipeSpec | None,
 ) -> int:
     """enroll, once the volume is locked and the unlock key is in hand."""
-    from tpmseal.enroll import enroll_recovery, enroll_tpm
+    from tpmseal.enroll import confirm_recovery, enroll_recovery, enroll_tpm
     from tpmseal.prompt import ask_new_pin
 
     if args.recovery_key:
@@ -127,6 +127,8 @@ def _enroll_locked(
                 print(f"\n    {text}\n")
                 print(f"keyslot {result.keyslot}, token {result.token} ({result.type})")
             del text
+            sys.stdout.flush()  # shown (or the write failed and raised): only then is it a way in
+        confirm_recovery(volume, result)
         return 0
     pin = ask_new_pin() if args.tpm2_with_pin else None
     try:
@@ -481,6 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -489,6 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="tpmseal: %(message)s",
         stream=sys.stderr,
     )
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # SIGTERM unwinds like Ctrl-C: roll-backs run
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(args.func(args))
     except TpmsealError as e:

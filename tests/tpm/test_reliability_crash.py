@@ -40,7 +40,14 @@ import pytest
 from support import PASSPHRASE, Swtpm, make_luks2, opens, run_cli, start_swtpm
 
 from tpmseal.inventory import report, run_test_unlock
-from tpmseal.luks.tokens import CLEVIS_TYPE, NATIVE_TYPE, PENDING_TYPE, RECOVERY_TYPE, SYSTEMD_TPM2_TYPE
+from tpmseal.luks.tokens import (
+    CLEVIS_TYPE,
+    NATIVE_TYPE,
+    PENDING_TYPE,
+    RECOVERY_TYPE,
+    SYSTEMD_TPM2_TYPE,
+    pending_marker,
+)
 from tpmseal.luks.volume import Volume
 from tpmseal.repair import repair
 from tpmseal.testing.tpmproxy import TpmCommand, TpmProxy
@@ -395,8 +402,8 @@ def test_sigkill_at_every_step_loses_no_key_and_repair_cleans_up(
 def test_repair_cli_removes_marker_orphan_and_unbound_tokens(crash_tpm: Swtpm, work: Path) -> None:
     img = make_luks2(work / "repair.img")
     v = Volume(img.dev)
-    v.import_token({"type": PENDING_TYPE, "keyslots": [], "version": 1, "keyslot": "3", "started": "x"}, 0)
-    v.add_keyslot(PASSPHRASE, b"a key lost in a crash", 3)  # pbkdf2, like enroll's
+    v.import_token(pending_marker(3, 4321), 0)
+    v.add_keyslot(PASSPHRASE, b"a key lost in a crash", 3, 4321)  # with the marker's fingerprint, as enroll does
     v.import_token({"type": PENDING_TYPE, "keyslots": [], "version": 1, "keyslot": "5", "started": "x"}, 1)
     v.import_token({"type": RECOVERY_TYPE, "keyslots": []}, 2)
     listing = json.loads(run_cli("list", img.dev, "--no-tpm", "--json").stdout)
