@@ -200,15 +200,32 @@ def cmd_list(args: argparse.Namespace) -> int:
                     None: "PCRs not checked",
                 }[t.policy_satisfied]
                 detail = f"PCRs {t.pcrs or 'none'} ({t.pcr_bank}){', PIN' if t.pin else ''}; {state}"
+                if t.opens_keyslot is False:
+                    detail += "; DEAD: the key it unseals does not open its keyslot"
             if t.orphan:
                 detail = (detail + "; " if detail else "") + "orphan: left by an interrupted operation"
             print(f"{t.token:<6} {t.type:<16} {','.join(map(str, t.keyslots)) or '-':<9} {detail}")
+    kinds = {k.keyslot: k.kind for k in rep.keyslots}
     for orphan in rep.orphan_keyslots:
-        print(
-            f"warning: keyslot {orphan} is an orphan of an interrupted enrollment (its key is lost); "
-            "the next 'tpmseal enroll' removes it",
-            file=sys.stderr,
-        )
+        if kinds.get(orphan) == "unconfirmed":
+            print(
+                f"warning: keyslot {orphan} holds a recovery key that was never shown (its command was "
+                "interrupted): it is not a way in; 'tpmseal repair' removes it, then enroll a new recovery key",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"warning: keyslot {orphan} is named by an interrupted enrollment and no token: not a way in; "
+                "'tpmseal repair' removes it if it proves to be tpmseal's (its key is lost), else reports it",
+                file=sys.stderr,
+            )
+    for t in rep.tokens:
+        if t.opens_keyslot is False:
+            print(
+                f"warning: token {t.token} is dead: the key it unseals does not open keyslot(s) "
+                f"{', '.join(map(str, t.keyslots))}; re-enroll ('tpmseal enroll --replace')",
+                file=sys.stderr,
+            )
     for t in rep.tokens:
         if t.volume_binding is False:
             print(

@@ -62,6 +62,8 @@ class TokenInfo:
     changed_pcrs: list[int] = field(default_factory=list)
     volume_binding: bool | None = None  # bound to PCR 15 (closed after the boot's unlock phase)
     error: str | None = None
+    # whether the key it unseals opens its keyslot(s); None: not tried (no TPM, PCRs differ, PIN, not native)
+    opens_keyslot: bool | None = None
 
 
 @dataclass
@@ -249,6 +251,8 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
     tpm_error = None
     if natives and tpm_device is not None:
         tpm_error = _check_policies(tpm_device, natives)
+        if tpm_error is None:
+            _check_keys(volume, header, tpm_device, natives)
     return VolumeReport(volume.path, keyslots, tokens, orphans, orphan_ids, tpm_error)
 
 
@@ -269,6 +273,19 @@ def _check_policies(tpm_device: str, natives: list[tuple[TokenInfo, NativeToken]
     except TpmsealError as e:
         return e.message
     return None
+
+
+def _check_keys(volume: Volume, header: Header, tpm_device: str, natives: list[tuple[TokenInfo, NativeToken]]) -> None:
+    """Unseal each token whose policy holds and needs no PIN, and test its key against its keyslot(s):
+    a keyslot whose key material is gone (a luksKillSlot interrupted halfway) is found here, not at boot."""
+    by_id = {info.token: info for info, nt in natives if info.policy_satisfied and not nt.pin and info.keyslots}
+    if not by_id:
+        return
+    for r in run_test_unlock(volume, header, tpm_device, only=lambda t: t.id in by_id):
+        if r.ok:
+            by_id[r.token].opens_keyslot = True
+        elif r.error_kind == "KeyMismatch":
+            by_id[r.token].opens_keyslot = False
 
 
 @dataclass

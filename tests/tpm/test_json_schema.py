@@ -19,7 +19,8 @@ LIST_SCHEMA = {
     "device": str, "keyslots": [{"keyslot": int, "kind": str, "tokens": [int], "kdf": str}],
     "tokens": [{"token": int, "type": str, "keyslots": [int], "orphan": bool, "pcrs": OPT_STR,
                 "pcr_bank": OPT_STR, "pin": OPT_BOOL, "seals": OPT_INT, "created": OPT_STR,
-                "policy_satisfied": OPT_BOOL, "changed_pcrs": [int], "volume_binding": OPT_BOOL, "error": OPT_STR}],
+                "policy_satisfied": OPT_BOOL, "changed_pcrs": [int], "volume_binding": OPT_BOOL, "error": OPT_STR,
+                "opens_keyslot": OPT_BOOL}],
     "orphan_keyslots": [int], "orphan_tokens": [int], "tpm_error": OPT_STR,
 }  # fmt: skip
 TEST_UNLOCK_SCHEMA = {

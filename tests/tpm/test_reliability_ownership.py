@@ -225,3 +225,78 @@ def test_interrupt_during_luksaddkey_rolls_back(how: str, image: Image, swtpm: S
     k = admin_adds_key(image, "pbkdf2")
     json.loads(run_cli("repair", image.dev, "--json").stdout)
     assert opens(image.path, ADMIN, k)
+
+
+# --- item 2: a recovery key counts only once it has been shown -----------------------------------------------
+
+
+def test_recovery_key_killed_before_it_was_shown_is_unconfirmed_and_repair_removes_it(
+    image: Image, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    killing_shim(tmp_path / "shim", "open")  # after its luksAddKey, at the test of the new key: before the print
+    env = {"PATH": f"{tmp_path / 'shim'}:{os.environ['PATH']}"}
+    p = run_cli("enroll", image.dev, "--recovery-key", "--unlock-key-file", str(image.keyfile), env=env, check=None)
+    assert p.returncode == -signal.SIGKILL and "recovery key" not in p.stdout.lower()
+    listing = json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout)
+    assert {k["keyslot"]: k["kind"] for k in listing["keyslots"]} == {0: "password", 1: "unconfirmed"}
+    assert listing["orphan_keyslots"] == [1]
+    assert "never shown" in run_cli("list", image.dev, "--no-tpm").stderr
+    # not a way in: the passphrase cannot be wiped in its favour
+    run_cli("wipe-slot", image.dev, "--wipe-slot=0", f"--tpm2-device={swtpm.tcti}", check=8)
+    out = json.loads(run_cli("repair", image.dev, "--json").stdout)
+    assert out["removed_keyslots"] == [1] and luks_dump(image.path)["tokens"] == {}
+    assert opens(image.path, PASSPHRASE)
+
+
+def test_recovery_key_is_confirmed_only_after_it_was_printed(image: Image, swtpm: Swtpm) -> None:
+    r = run_cli("enroll", image.dev, "--recovery-key", "--unlock-key-file", str(image.keyfile), "--json")
+    key = json.loads(r.stdout)["recovery_key"].encode()
+    dump = luks_dump(image.path)
+    assert [t["type"] for t in dump["tokens"].values()] == ["systemd-recovery"]  # type: ignore[union-attr]
+    listing = json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout)
+    assert {k["keyslot"]: k["kind"] for k in listing["keyslots"]} == {0: "password", 1: "recovery"}
+    assert opens(image.path, key, 1)
+    out = run_cli("wipe-slot", image.dev, "--wipe-slot=0", f"--tpm2-device={swtpm.tcti}", "--json")
+    assert json.loads(out.stdout)["wiped_keyslots"] == [0] and opens(image.path, key)
+
+
+# --- item 3: a dead TPM slot is not called healthy -------------------------------------------------------------
+
+
+def kill_key_material(img: Image, keyslot: int) -> None:
+    """What luksKillSlot does before it rewrites the header: the keyslot's area is overwritten."""
+    area = luks_dump(img.path)["keyslots"][str(keyslot)]["area"]  # type: ignore[index]
+    with open(img.path, "r+b") as f:
+        f.seek(int(area["offset"]))
+        f.write(os.urandom(int(area["size"])))
+
+
+def test_dead_tpm_slot_is_reported_by_list_doctor_and_repair(image: Image, swtpm: Swtpm, tmp_path: Path) -> None:
+    tpm = f"--tpm2-device={swtpm.tcti}"
+    run_cli("enroll", image.dev, tpm, "--unlock-key-file", str(image.keyfile))
+    kill_key_material(image, 1)
+    p = run_cli("test-unlock", image.dev, tpm, check=None)
+    assert p.returncode != 0 and "does not open" in p.stdout
+    listing = json.loads(run_cli("list", image.dev, tpm, "--json").stdout)
+    [tok] = listing["tokens"]
+    assert tok["policy_satisfied"] is True and tok["opens_keyslot"] is False
+    text = run_cli("list", image.dev, tpm)
+    assert "DEAD" in text.stdout and "is dead" in text.stderr
+    doc = json.loads(run_cli("doctor", image.dev, tpm, f"--root={tmp_path}", "--json", check=None).stdout)
+    unseal = [c for c in doc["checks"] if c["check"] == "token-unseal"]
+    assert unseal and all(c["status"] == "fail" for c in unseal), unseal
+    out = json.loads(run_cli("repair", image.dev, tpm, "--json").stdout)
+    assert list(out["dead_tokens"]) == ["0"] and out["removed_keyslots"] == []
+    run_cli("wipe-slot", image.dev, "--wipe-slot=0", tpm, check=8)  # the dead slot is no way in
+    assert opens(image.path, PASSPHRASE)
+
+
+def test_control_a_pcr_check_alone_calls_the_dead_token_healthy(
+    image: Image, swtpm: Swtpm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_cli("enroll", image.dev, f"--tpm2-device={swtpm.tcti}", "--unlock-key-file", str(image.keyfile))
+    kill_key_material(image, 1)
+    monkeypatch.setattr(tpmseal.inventory, "_check_keys", lambda *a: None)
+    volume = Volume(image.dev)
+    [tok] = tpmseal.inventory.report(volume, volume.header(), swtpm.tcti).tokens
+    assert tok.policy_satisfied is True and tok.opens_keyslot is None  # "PCRs match", nothing else known
