@@ -177,10 +177,13 @@ def _enroll_locked(
 
 def cmd_list(args: argparse.Namespace) -> int:
     from tpmseal.inventory import report
+    from tpmseal.lock import volume_read_lock
     from tpmseal.luks.volume import Volume
 
     volume = Volume(args.device)
-    rep = report(volume, volume.header(), None if args.no_tpm else args.tpm2_device)
+    volume.check_exists()
+    with volume_read_lock(volume.path):
+        rep = report(volume, volume.header(), None if args.no_tpm else args.tpm2_device)
     if args.json:
         _print_json(rep.to_json())
         return 0
@@ -238,13 +241,35 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _consistent(volume: Volume, read: Callable[[Header], Any], tries: int = 3) -> Any:
+    """``read(header)``, again if another program (which does not take tpmseal's lock) wrote the header
+    meanwhile: a result is returned only from a header that did not change under it."""
+    from tpmseal.errors import CommandFailed, HeaderChanged
+
+    for _ in range(tries):
+        seq = volume.seqid()
+        try:
+            result = read(volume.header())
+        except CommandFailed:
+            if volume.seqid() == seq:
+                raise
+            continue
+        if volume.seqid() == seq:
+            return result
+    raise HeaderChanged(f"the LUKS2 header of {volume.path} kept changing while tpmseal read it", "try again")
+
+
 def cmd_test_unlock(args: argparse.Namespace) -> int:
     from tpmseal import errors
     from tpmseal.inventory import run_test_unlock
+    from tpmseal.lock import volume_read_lock
     from tpmseal.luks.volume import Volume
 
     volume = Volume(args.device)
-    results = run_test_unlock(volume, volume.header(), args.tpm2_device, _pin_source(args))
+    volume.check_exists()
+    pin = _pin_source(args)
+    with volume_read_lock(volume.path):
+        results = _consistent(volume, lambda header: run_test_unlock(volume, header, args.tpm2_device, pin))
     if args.json:
         _print_json({"device": volume.path, "results": [asdict(r) for r in results]})
     else:

@@ -63,3 +63,33 @@ def volume_lock(path: str, timeout: float | None = None) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def volume_read_lock(path: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the volume's lock shared (readers: list, test-unlock): no tpmseal writer runs meanwhile, so a
+    reader never sees a header halfway through an enroll or a wipe. Same lock file and wait as
+    ``volume_lock`` (kept apart from it only so that the two can be merged into one helper later)."""
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get("TPMSEAL_LOCK_TIMEOUT", "") or DEFAULT_TIMEOUT)
+        except ValueError:
+            timeout = DEFAULT_TIMEOUT
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise VolumeError(f"{path}: {e.strerror}") from None
+    fd = os.open(os.path.join(_lock_dir(), f"volume-{st.st_dev}-{st.st_ino}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    raise VolumeBusy(f"{path} is busy (being changed by another tpmseal for {timeout:.0f}s)") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)

@@ -153,7 +153,9 @@ class Volume:
         self.check_exists()
         try:
             r = run([CRYPTSETUP, "luksDump", "--dump-json-metadata", self.path])
-        except CommandFailed:
+        except CommandFailed as e:
+            if e.returncode < 0:  # killed by a signal: says nothing about the volume
+                raise
             is_luks = run([CRYPTSETUP, "isLuks", self.path], ok_codes=(0, 1)).returncode == 0
             if is_luks:
                 raise NotLuks2(f"{self.path} is a LUKS1 volume") from None
