@@ -27,7 +27,7 @@ TPMSEAL_PY_REQUIRE="tpmseal tpmseal.cli tpm2_pytss tpm2_pytss.ESAPI"
 TPMSEAL_PY_OPTIONAL="tpmseal.unlock tpmseal.tpm.device tpmseal.tpm.seal tpmseal.tpm.srk
     tpmseal.luks.volume tpmseal.luks.tokens tpmseal.boot.agent tpmseal.boot.unlock
     tpmseal.interop.systemd_tpm2 tpmseal.interop.clevis tpmseal.interop.primary tpmseal.boot.measure
-    tpmseal.update.signed tpmseal.inventory tpmseal.prompt
+    tpmseal.update.signed tpmseal.inventory tpmseal.prompt tpmseal.lock
     tpmseal.doctor tpmseal.doctor.checks tpmseal.tpm.info tpmseal.config.discover tpmseal.config.crypttab
     tpmseal.config.bootloader tpmseal.config.files tpmseal.tpm.strength"
 TPMSEAL_SITE=/usr/lib/tpmseal/site

@@ -115,7 +115,7 @@ def _enroll_locked(
     wipe_spec: WipeSpec | None,
 ) -> int:
     """enroll, once the volume is locked and the unlock key is in hand."""
-    from tpmseal.enroll import enroll_recovery, enroll_tpm
+    from tpmseal.enroll import confirm_recovery, enroll_recovery, enroll_tpm
     from tpmseal.prompt import ask_new_pin
 
     if args.recovery_key:
@@ -129,6 +129,8 @@ def _enroll_locked(
                 print(f"\n    {text}\n")
                 print(f"keyslot {result.keyslot}, token {result.token} ({result.type})")
             del text
+            sys.stdout.flush()  # shown (or the write failed and raised): only then is it a way in
+        confirm_recovery(volume, result)
         return 0
     pin = ask_new_pin() if args.tpm2_with_pin else None
     try:
@@ -180,10 +182,13 @@ def _enroll_locked(
 
 def cmd_list(args: argparse.Namespace) -> int:
     from tpmseal.inventory import report
+    from tpmseal.lock import volume_read_lock
     from tpmseal.luks.volume import Volume
 
     volume = Volume(args.device)
-    rep = report(volume, volume.header(), None if args.no_tpm else args.tpm2_device)
+    volume.check_exists()
+    with volume_read_lock(volume.path):
+        rep = report(volume, volume.header(), None if args.no_tpm else args.tpm2_device)
     if args.json:
         _print_json(rep.to_json())
         return 0
@@ -205,17 +210,34 @@ def cmd_list(args: argparse.Namespace) -> int:
                 detail = f"PCRs {t.pcrs or 'none'} ({t.pcr_bank}){', PIN' if t.pin else ''}; {state}"
                 if t.weak_binding:
                     detail += f"; WEAK: {t.weak_binding}"
+                if t.opens_keyslot is False:
+                    detail += "; DEAD: the key it unseals does not open its keyslot"
             if t.orphan:
                 detail = (detail + "; " if detail else "") + "orphan: left by an interrupted operation"
             print(f"{t.token:<6} {t.type:<16} {','.join(map(str, t.keyslots)) or '-':<9} {detail}")
             for line in _seal_lines(t):
                 print(f"{'':<33}{line}")
+    kinds = {k.keyslot: k.kind for k in rep.keyslots}
     for orphan in rep.orphan_keyslots:
-        print(
-            f"warning: keyslot {orphan} is an orphan of an interrupted enrollment (its key is lost); "
-            "the next 'tpmseal enroll' removes it",
-            file=sys.stderr,
-        )
+        if kinds.get(orphan) == "unconfirmed":
+            print(
+                f"warning: keyslot {orphan} holds a recovery key that was never shown (its command was "
+                "interrupted): it is not a way in; 'tpmseal repair' removes it, then enroll a new recovery key",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"warning: keyslot {orphan} is named by an interrupted enrollment and no token: not a way in; "
+                "'tpmseal repair' removes it if it proves to be tpmseal's (its key is lost), else reports it",
+                file=sys.stderr,
+            )
+    for t in rep.tokens:
+        if t.opens_keyslot is False:
+            print(
+                f"warning: token {t.token} is dead: the key it unseals does not open keyslot(s) "
+                f"{', '.join(map(str, t.keyslots))}; re-enroll ('tpmseal enroll --replace')",
+                file=sys.stderr,
+            )
     for t in rep.tokens:
         if t.volume_binding is False:
             print(
@@ -277,13 +299,35 @@ def _seal_warnings(t: TokenInfo) -> list[str]:
     return out
 
 
+def _consistent(volume: Volume, read: Callable[[Header], Any], tries: int = 3) -> Any:
+    """``read(header)``, again if another program (which does not take tpmseal's lock) wrote the header
+    meanwhile: a result is returned only from a header that did not change under it."""
+    from tpmseal.errors import CommandFailed, HeaderChanged
+
+    for _ in range(tries):
+        seq = volume.seqid()
+        try:
+            result = read(volume.header())
+        except CommandFailed:
+            if volume.seqid() == seq:
+                raise
+            continue
+        if volume.seqid() == seq:
+            return result
+    raise HeaderChanged(f"the LUKS2 header of {volume.path} kept changing while tpmseal read it", "try again")
+
+
 def cmd_test_unlock(args: argparse.Namespace) -> int:
     from tpmseal import errors
     from tpmseal.inventory import run_test_unlock
+    from tpmseal.lock import volume_read_lock
     from tpmseal.luks.volume import Volume
 
     volume = Volume(args.device)
-    results = run_test_unlock(volume, volume.header(), args.tpm2_device, _pin_source(args))
+    volume.check_exists()
+    pin = _pin_source(args)
+    with volume_read_lock(volume.path):
+        results = _consistent(volume, lambda header: run_test_unlock(volume, header, args.tpm2_device, pin))
     if args.json:
         _print_json({"device": volume.path, "results": [asdict(r) for r in results]})
     else:
@@ -548,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -559,6 +607,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before any subcommand reads a passphrase, PIN, key or credential: no core dumps, no ptrace by the
     # same uid, memory locked where the kernel allows it (tpmseal.hardening; never fails).
     hardening.harden()
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # SIGTERM unwinds like Ctrl-C: roll-backs run
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(args.func(args))
     except TpmsealError as e:

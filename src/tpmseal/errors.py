@@ -56,7 +56,17 @@ class CommandFailed(TpmsealError):
 
     def __init__(self, argv: list[str], returncode: int, stderr: str, hint: str | None = None) -> None:
         first = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
-        super().__init__(f"{argv[0]} failed (exit {returncode}): {first}", hint)
+        if returncode < 0:  # subprocess reports a child killed by signal N as -N
+            import signal
+
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = "unknown signal"
+            text = f"{argv[0]} was killed by signal {-returncode} ({name})"
+            super().__init__(text + (f"; its last output: {first}" if stderr.strip() else ""), hint)
+        else:
+            super().__init__(f"{argv[0]} failed (exit {returncode}): {first}", hint)
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
@@ -72,6 +82,12 @@ class VolumeError(TpmsealError):
 
 class NotLuks2(VolumeError):
     default_hint = "tpmseal works on LUKS2 volumes only; 'cryptsetup convert --type luks2' upgrades LUKS1"
+
+
+class HeaderChanged(VolumeError):
+    """Another program changed the LUKS2 header between two of tpmseal's own steps."""
+
+    default_hint = "see what changed with 'tpmseal list DEVICE'; 'tpmseal repair DEVICE' reports what is left"
 
 
 class NoFreeKeyslot(VolumeError):

@@ -11,11 +11,14 @@ from tpmseal.boot.measure import is_volume_bound
 from tpmseal.errors import PinRejected, TpmLockout, TpmsealError
 from tpmseal.interop import FOREIGN_TPM_TYPES, describe
 from tpmseal.luks.tokens import (
+    CLEVIS_TYPE,
     NATIVE_TYPE,
     PENDING_TYPE,
     RECOVERY_TYPE,
     NativeToken,
+    Pending,
     parse_native,
+    parse_pending,
     pending_keyslot,
 )
 from tpmseal.luks.volume import Header, Token, Volume
@@ -24,11 +27,17 @@ from tpmseal.unlock import PinGuard, PinSource, changed_pcrs, read_pcrs, token_o
 
 TPM_TYPES = (NATIVE_TYPE, "systemd-tpm2")
 
-# Keyslot kinds (also the words --wipe-slot takes).
-PASSPHRASE = "password"
-RECOVERY = "recovery"
-TPM2 = "tpm2"
-ORPHAN = "orphan"
+# Keyslot kinds; the first three are also words --wipe-slot takes. A keyslot is a way in (wipe.py) only as
+# a PASSPHRASE or RECOVERY slot, or as a TPM2 slot whose token opens it now; no other kind ever counts.
+PASSPHRASE = "password"  # a plain keyslot no token claims
+RECOVERY = "recovery"  # claimed only by well-formed systemd-recovery tokens
+TPM2 = "tpm2"  # claimed only by readable TPM tokens, and made with the parameters of a TPM keyslot
+ORPHAN = "orphan"  # named by a tpmseal-pending marker, claimed by no token: an unfinished enrollment
+UNCONFIRMED = "unconfirmed"  # a recovery key added by a command that ended before showing it
+REENCRYPT = "reencrypt"  # one of a re-encryption's own keyslots
+DAMAGED = "damaged"  # claimed by a token tpmseal cannot read, or by a TPM token on a non-TPM keyslot
+FOREIGN = "foreign"  # claimed by a token of a type tpmseal does not know (whatever its name)
+CLEVIS = "clevis"
 
 
 @dataclass
@@ -112,6 +121,8 @@ class TokenInfo:
     error: str | None = None
     seal_details: list[SealInfo] = field(default_factory=list)  # native tokens: every seal
     weak_binding: str | None = None  # no-pcr | volume-only | resettable-only (tpm/strength.py); None: not weak
+    # whether the key it unseals opens its keyslot(s); None: not tried (no TPM, PCRs differ, PIN, not native)
+    opens_keyslot: bool | None = None
 
 
 @dataclass
@@ -139,15 +150,45 @@ def native_tokens(header: Header) -> list[tuple[Token, NativeToken]]:
     return out
 
 
-def orphan_keyslots(header: Header) -> list[int]:
-    """Keyslots added by an enrollment that never got its token (see enroll.py's pending marker)."""
-    claimed = {ks for t in header.tokens.values() if t.type != PENDING_TYPE for ks in t.keyslots}
-    out = []
+def markers(header: Header) -> dict[int, list[Pending | None]]:
+    """keyslot -> the tpmseal-pending markers naming it (None: a marker tpmseal could not have written)."""
+    out: dict[int, list[Pending | None]] = {}
     for t in header.tokens.values():
-        ks = pending_keyslot(t.data) if t.type == PENDING_TYPE else None
-        if ks is not None and ks in header.keyslots and ks not in claimed:
-            out.append(ks)
-    return sorted(out)
+        if t.type == PENDING_TYPE:
+            ks = pending_keyslot(t.data)
+            if ks is not None:
+                out.setdefault(ks, []).append(parse_pending(t.data))
+    return out
+
+
+def claimants(header: Header, keyslot: int) -> list[Token]:
+    return [t for t in header.tokens_of(keyslot) if t.type != PENDING_TYPE]
+
+
+def orphan_keyslots(header: Header) -> list[int]:
+    """Keyslots an unfinished tpmseal command may have added: named by a pending marker, claimed by no
+    token. Only ``proven_orphans`` tells which of them tpmseal really made."""
+    named = markers(header)
+    return sorted(k for k in named if k in header.keyslots and not claimants(header, k))
+
+
+def proven_orphans(header: Header) -> tuple[list[int], list[int]]:
+    """(orphan keyslots the header proves tpmseal made, orphan keyslots it does not).
+
+    Proof: the keyslot has exactly the fingerprint its marker recorded before the keyslot existed — a
+    PBKDF2-SHA512 iteration count drawn at random from FINGERPRINT_ITERATIONS. A keyslot another program
+    added there later (argon2, a benchmarked PBKDF2 count, systemd's 1000) does not have it; a version 1
+    marker recorded none, so what it names is never provable.
+    """
+    named = markers(header)
+    proven: list[int] = []
+    unproven: list[int] = []
+    for k in orphan_keyslots(header):
+        ks = header.keyslots[k]
+        fingerprints = {m.iterations for m in named[k] if m is not None and m.iterations is not None}
+        ok = ks.plain and ks.kdf == "pbkdf2" and ks.kdf_hash == "sha512" and ks.iterations in fingerprints
+        (proven if ok else unproven).append(k)
+    return proven, unproven
 
 
 def orphan_tokens(header: Header) -> list[int]:
@@ -158,15 +199,80 @@ def orphan_tokens(header: Header) -> list[int]:
     )
 
 
-def keyslot_kind(header: Header, keyslot: int, orphans: list[int]) -> str:
-    types = {t.type for t in header.tokens_of(keyslot)}
-    if types & set(TPM_TYPES):
-        return TPM2
-    if RECOVERY_TYPE in types:
+def token_readable(t: Token) -> bool:
+    """Whether tpmseal can read this token as the type it claims to be (unknown types: False)."""
+    if t.type == NATIVE_TYPE:
+        try:
+            parse_native(t.data)
+        except TpmsealError:
+            return False
+        return True
+    if t.type in FOREIGN_TPM_TYPES:
+        try:
+            describe(t.type, t.data)
+        except TpmsealError:
+            return False
+        return True
+    if t.type == RECOVERY_TYPE:  # as systemd-cryptenroll and tpmseal write it
+        return set(t.data) == {"type", "keyslots"} and len(t.keyslots) == 1
+    return False
+
+
+def keyslot_kind(header: Header, keyslot: int, orphans: list[int] | None = None) -> str:
+    """What a keyslot is, from what the header proves (``orphans`` is accepted for old callers)."""
+    ks = header.keyslots[keyslot]
+    if not ks.plain:
+        return REENCRYPT
+    claims = claimants(header, keyslot)
+    if not claims:
+        named = markers(header).get(keyslot)
+        if named is None:
+            return PASSPHRASE
+        return UNCONFIRMED if any(m is not None and m.purpose == RECOVERY for m in named) else ORPHAN
+    types = {t.type for t in claims}
+    known = set(TPM_TYPES) | {RECOVERY_TYPE, CLEVIS_TYPE}
+    if not types <= known:
+        return FOREIGN
+    if not all(token_readable(t) for t in claims):
+        return DAMAGED
+    if types <= set(TPM_TYPES):
+        return TPM2 if ks.made_for_random_key() else DAMAGED
+    if types == {RECOVERY_TYPE}:
         return RECOVERY
-    if types:
-        return sorted(types)[0]
-    return ORPHAN if keyslot in orphans else PASSPHRASE
+    if types == {CLEVIS_TYPE}:
+        return CLEVIS
+    return DAMAGED  # a keyslot two kinds of token claim: neither claim can be trusted
+
+
+def tpm_opened_keyslots(volume: Volume, header: Header, tpm_device: str, keyslots: set[int]) -> set[int]:
+    """Which of ``keyslots`` (TPM2 kind) a TPM token opens now: unsealed and tested, keyslot by keyslot.
+    A PIN token whose PCR policy holds counts too: without the PIN, that is all tpmseal can check."""
+    from tpmseal.errors import PinRequired
+    from tpmseal.tpm.device import open_tpm
+
+    openers = token_openers()
+    candidates = [
+        t
+        for t in sorted(header.tokens.values(), key=lambda t: t.id)
+        if t.type in openers and set(t.keyslots) & keyslots
+    ]
+    out: set[int] = set()
+    if not candidates:
+        return out
+    try:
+        with open_tpm(tpm_device) as esapi:
+            for t in candidates:
+                mine = set(t.keyslots) & keyslots
+                try:
+                    with openers[t.type](esapi, t.data, None) as phrase:
+                        out |= {k for k in mine if volume.test_key(phrase.buffer, k)}
+                except PinRequired:
+                    out |= mine
+                except TpmsealError:
+                    continue
+    except TpmsealError:  # the TPM could not be opened: no TPM slot is proven to work
+        return out
+    return out
 
 
 def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeReport:
@@ -207,6 +313,8 @@ def report(volume: Volume, header: Header, tpm_device: str | None) -> VolumeRepo
     tpm_error = None
     if natives and tpm_device is not None:
         tpm_error = _check_policies(tpm_device, natives)
+        if tpm_error is None:
+            _check_keys(volume, header, tpm_device, natives)
     return VolumeReport(volume.path, keyslots, tokens, orphans, orphan_ids, tpm_error)
 
 
@@ -234,6 +342,19 @@ def _check_policies(tpm_device: str, natives: list[tuple[TokenInfo, NativeToken]
     except TpmsealError as e:
         return e.message
     return None
+
+
+def _check_keys(volume: Volume, header: Header, tpm_device: str, natives: list[tuple[TokenInfo, NativeToken]]) -> None:
+    """Unseal each token whose policy holds and needs no PIN, and test its key against its keyslot(s):
+    a keyslot whose key material is gone (a luksKillSlot interrupted halfway) is found here, not at boot."""
+    by_id = {info.token: info for info, nt in natives if info.policy_satisfied and not nt.pin and info.keyslots}
+    if not by_id:
+        return
+    for r in run_test_unlock(volume, header, tpm_device, only=lambda t: t.id in by_id):
+        if r.ok:
+            by_id[r.token].opens_keyslot = True
+        elif r.error_kind == "KeyMismatch":
+            by_id[r.token].opens_keyslot = False
 
 
 @dataclass

@@ -110,8 +110,7 @@ def _open_lock_file(name: str) -> int:
 
 
 @contextmanager
-def volume_lock(path: str, timeout: float | None = None) -> Iterator[None]:
-    """Hold the volume's lock; wait up to ``timeout`` seconds (default: $TPMSEAL_LOCK_TIMEOUT, else 30)."""
+def _hold(path: str, operation: int, timeout: float | None, busy: str) -> Iterator[None]:
     if timeout is None:
         try:
             timeout = float(os.environ.get("TPMSEAL_LOCK_TIMEOUT", "") or DEFAULT_TIMEOUT)
@@ -126,12 +125,28 @@ def volume_lock(path: str, timeout: float | None = None) -> Iterator[None]:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, operation | fcntl.LOCK_NB)
                 break
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    raise VolumeBusy(f"{path} is busy (locked by another tpmseal for {timeout:.0f}s)") from None
+                    raise VolumeBusy(f"{path} is busy ({busy} for {timeout:.0f}s)") from None
                 time.sleep(0.05)
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def volume_lock(path: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the volume's lock; wait up to ``timeout`` seconds (default: $TPMSEAL_LOCK_TIMEOUT, else 30)."""
+    with _hold(path, fcntl.LOCK_EX, timeout, "locked by another tpmseal"):
+        yield
+
+
+@contextmanager
+def volume_read_lock(path: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the volume's lock shared (readers: list, test-unlock): no tpmseal writer runs meanwhile, so a
+    reader never sees a header halfway through an enroll or a wipe. Same lock file and wait as
+    ``volume_lock``."""
+    with _hold(path, fcntl.LOCK_SH, timeout, "being changed by another tpmseal"):
+        yield

@@ -128,6 +128,7 @@ def migrate(
     if source_type not in SOURCE_TYPES:
         raise UsageError(f"cannot migrate from '{source_type}'", f"use one of {', '.join(SOURCE_TYPES)}")
     header = volume.header()
+    header.refuse_changes(volume.path)
     candidates = sorted((t for t in header.tokens.values() if t.type == source_type and t.keyslots), key=lambda t: t.id)
     if not candidates:
         raise TokenError(

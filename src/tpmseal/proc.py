@@ -89,14 +89,7 @@ def run(
             child_env.update(env)
         log.debug("running: %s", " ".join(final))
         try:
-            cp = subprocess.run(
-                final,
-                stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
-                capture_output=True,
-                pass_fds=fds,
-                env=child_env,
-                check=False,
-            )
+            cp = _run_to_the_end(final, stdin_fd, fds, child_env)
         except FileNotFoundError:
             prog = final[0]
             pkg = PACKAGE_OF.get(os.path.basename(prog))
@@ -114,6 +107,32 @@ def run(
     if cp.returncode not in ok_codes:
         raise CommandFailed(final, cp.returncode, err, hint)
     return Result(final, cp.returncode, out, err)
+
+
+def _run_to_the_end(
+    argv: list[str], stdin_fd: int | None, fds: list[int], env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` to completion. Ctrl-C or SIGTERM (raised here as KeyboardInterrupt) does not kill the
+    child halfway through a header write: it is let finish, then the interrupt goes on to the caller, which
+    can roll back what the child did. (A child killed by a signal shows as returncode -N.)"""
+    p = subprocess.Popen(
+        argv,
+        stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=fds,
+        env=env,
+    )
+    interrupted = False
+    while True:
+        try:
+            out, err = p.communicate()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+    return subprocess.CompletedProcess(argv, p.returncode, out, err)
 
 
 def start(argv: Sequence[str], log_path: str | None = None) -> subprocess.Popen[bytes]:

@@ -13,8 +13,7 @@ from tpmseal.inventory import (
     RECOVERY,
     TPM2,
     keyslot_kind,
-    orphan_keyslots,
-    run_test_unlock,
+    tpm_opened_keyslots,
 )
 from tpmseal.luks.tokens import PENDING_TYPE, pending_keyslot
 from tpmseal.luks.volume import LUKS2_KEYSLOTS, Header, Volume
@@ -49,10 +48,9 @@ def parse_wipe_spec(text: str) -> WipeSpec:
 
 
 def select(volume: Volume, header: Header, spec: WipeSpec, keep: frozenset[int] = frozenset()) -> list[int]:
-    orphans = orphan_keyslots(header)
     chosen: set[int] = set()
     for k in header.keyslots:
-        kind = keyslot_kind(header, k, orphans)
+        kind = keyslot_kind(header, k)
         if "all" in spec.words or k in spec.indexes or kind in spec.words:
             chosen.add(k)
         elif "empty" in spec.words and kind in (PASSPHRASE, ORPHAN) and volume.opens_with_empty_passphrase(k):
@@ -64,15 +62,15 @@ def select(volume: Volume, header: Header, spec: WipeSpec, keep: frozenset[int] 
 
 
 def working_keyslots(volume: Volume, header: Header, candidates: set[int], tpm_device: str | None) -> set[int]:
-    """Which of ``candidates`` are a way in: passphrase/recovery keyslots, and TPM keyslots whose token
-    test-unlocks now (a PIN token counts when its PCR policy holds, as we cannot ask for the PIN)."""
-    orphans = orphan_keyslots(header)
-    working = {k for k in candidates if keyslot_kind(header, k, orphans) in (PASSPHRASE, RECOVERY)}
-    tpm_slots = {k for k in candidates if keyslot_kind(header, k, orphans) == TPM2}
+    """Which of ``candidates`` are a way in, for reasons that hold: a plain passphrase keyslot no token
+    claims, a recovery keyslot only systemd-recovery tokens claim, or a TPM2 keyslot a token opens now.
+    Re-encryption keyslots, keyslots a damaged or unknown token claims, orphans and unconfirmed recovery
+    keys never count (inventory.keyslot_kind)."""
+    kinds = {k: keyslot_kind(header, k) for k in candidates}
+    working = {k for k, kind in kinds.items() if kind in (PASSPHRASE, RECOVERY)}
+    tpm_slots = {k for k, kind in kinds.items() if kind == TPM2}
     if tpm_slots and tpm_device is not None:
-        for r in run_test_unlock(volume, header, tpm_device, only=lambda t: bool(set(t.keyslots) & tpm_slots)):
-            if r.ok or r.error_kind == "PinRequired":  # its PCR policy held; we cannot ask for the PIN
-                working |= set(r.keyslots) & tpm_slots
+        working |= tpm_opened_keyslots(volume, header, tpm_device, tpm_slots)
     return working
 
 
@@ -84,6 +82,7 @@ def wipe(
     force: bool = False,
 ) -> list[int]:
     """Remove ``slots`` (keyslot, then the tokens that named it); refuse to remove the last way in."""
+    header.refuse_changes(volume.path)
     if not slots:
         return []
     remaining = set(header.keyslots) - set(slots)

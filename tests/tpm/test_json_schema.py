@@ -21,7 +21,7 @@ LIST_SCHEMA = {
     "tokens": [{"token": int, "type": str, "keyslots": [int], "orphan": bool, "pcrs": OPT_STR,
                 "pcr_bank": OPT_STR, "pin": OPT_BOOL, "seals": OPT_INT, "created": OPT_STR,
                 "policy_satisfied": OPT_BOOL, "changed_pcrs": [int], "volume_binding": OPT_BOOL, "error": OPT_STR,
-                "weak_binding": OPT_STR,
+                "weak_binding": OPT_STR, "opens_keyslot": OPT_BOOL,
                 "seal_details": [{"index": int, "label": str, "kind": str, "pcrs": str, "pin": bool,
                                   "key_name": OPT_STR, "description": OPT_STR, "enrolled_pcrs": OPT_STR,
                                   "approvals": [{"label": str, "pcrs": str, "created": str, "signature_valid": bool,

@@ -171,3 +171,124 @@ def test_every_changing_command_takes_the_volume_lock_and_reports_busy(
     assert r.returncode == 1 and "busy" in r.stderr, (r.returncode, r.stderr)
     assert took < 20
     assert luks_dump(image.path) == before
+
+
+# --- issue 17, item 4: readers see a consistent header; other writers are detected and named ---------------
+
+
+def test_test_unlock_during_enroll_replace_never_prints_a_false_failure(
+    image: Image, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    tpm = f"--tpm2-device={swtpm.tcti}"
+    run_cli("enroll", image.dev, tpm, "--unlock-key-file", str(image.keyfile))
+    log = slow_shim(tmp_path / "shim", delay=0.1)
+    env = env_for(tmp_path, log)
+    reader_env = {**env, "PATH": os.environ["PATH"]}  # the reader's own cryptsetup calls are not slowed
+    writer = start(["enroll", image.dev, tpm, "--unlock-key-file", str(image.keyfile), "--replace"], env)
+    outs = []
+    while writer.poll() is None or not outs:
+        r = subprocess.run(
+            [sys.executable, "-m", "tpmseal", "test-unlock", image.dev, tpm], env=reader_env,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        outs.append((r.returncode, r.stdout, r.stderr))
+    assert finish(writer)[0] == 0
+    for rc, out, err in outs:
+        assert rc == 0 and "FAILED" not in out and "ok" in out, (rc, out, err)
+
+
+def test_readers_wait_for_a_writer(image: Image, swtpm: Swtpm, tmp_path: Path) -> None:
+    """Deterministic half of the test above: test-unlock and list do not run while the write lock is held."""
+    tpm = f"--tpm2-device={swtpm.tcti}"
+    run_cli("enroll", image.dev, tpm, "--unlock-key-file", str(image.keyfile))
+    run = tmp_path / "run"
+    env = {**os.environ, "TPMSEAL_RUNTIME_DIR": str(run)}
+    old = os.environ.get("TPMSEAL_RUNTIME_DIR")
+    os.environ["TPMSEAL_RUNTIME_DIR"] = str(run)
+    try:
+        with volume_lock(image.dev):
+            readers = [start(["test-unlock", image.dev, tpm], env), start(["list", image.dev, tpm], env)]
+            time.sleep(1.5)
+            assert [p.poll() for p in readers] == [None, None]  # still waiting
+    finally:
+        if old is None:
+            os.environ.pop("TPMSEAL_RUNTIME_DIR")
+        else:
+            os.environ["TPMSEAL_RUNTIME_DIR"] = old
+    assert [finish(p)[0] for p in readers] == [0, 0]
+
+
+def racing_shim(d: Path, at: str, then: str, when: str = "after") -> None:
+    """cryptsetup first on PATH: right after (or before) tpmseal's first ``cryptsetup AT``, "another
+    program" runs ``THEN`` against the same header (a shell snippet; $DEV is the volume)."""
+    real = shutil.which("cryptsetup")
+    assert real
+    d.mkdir()
+    done = d / "raced"
+    script = d / "cryptsetup"
+    race = f'if [ "$1" = {at} ] && [ ! -e {done} ]; then touch {done}; CS="{real}"; {then}; fi\n'
+    script.write_text(
+        "#!/bin/sh\n"
+        'for a; do DEV="$a"; done\n'
+        + (race if when == "before" else "")
+        + f'"{real}" "$@"; rc=$?\n'
+        + (race if when == "after" else "")
+        + "exit $rc\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.mark.parametrize(
+    ("at", "when", "says"),
+    [
+        ("token", "after", ["written by another program while tpmseal wrote its marker", "sequence id"]),
+        ("luksAddKey", "before", ["filled by another program", "Key slot 1 is full"]),
+    ],
+    ids=["after-the-marker", "before-luksaddkey"],
+)
+def test_a_key_added_by_another_program_between_steps_is_reported_as_such(
+    at: str, when: str, says: list[str], image: Image, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """Another program's luksAddKey lands in the keyslot tpmseal's marker names, between marker and luksAddKey."""
+    (tmp_path / "other.key").write_bytes(SECOND)
+    racing_shim(
+        tmp_path / "shim", at,
+        f'"$CS" luksAddKey --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file {image.keyfile} '
+        f'"$DEV" {tmp_path / "other.key"}', when,
+    )  # fmt: skip
+    env = {"PATH": f"{tmp_path / 'shim'}:{os.environ['PATH']}"}
+    p = run_cli("enroll", image.dev, f"--tpm2-device={swtpm.tcti}", "--unlock-key-file", str(image.keyfile),
+                env=env, check=3)  # fmt: skip
+    assert all(s in p.stderr for s in says), p.stderr
+    assert opens(image.path, SECOND, 1) and opens(image.path, PASSPHRASE, 0)
+    out = json.loads(run_cli("repair", image.dev, "--json").stdout)
+    assert out["kept_keyslots"] == [1] and opens(image.path, SECOND, 1)
+
+
+def test_a_header_write_by_another_program_during_luksaddkey_stops_enroll(
+    image: Image, swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """Another program writes the header right after tpmseal's luksAddKey: tpmseal stops before its token
+    goes in; its keyslot carries the marker's fingerprint, so repair removes it."""
+    racing_shim(
+        tmp_path / "shim", "luksAddKey",
+        'echo \'{"type":"other-tool","keyslots":[]}\' | "$CS" token import --json-file - "$DEV"',
+    )  # fmt: skip
+    env = {"PATH": f"{tmp_path / 'shim'}:{os.environ['PATH']}"}
+    p = run_cli("enroll", image.dev, f"--tpm2-device={swtpm.tcti}", "--unlock-key-file", str(image.keyfile),
+                env=env, check=3)  # fmt: skip
+    assert "written by another program" in p.stderr, p.stderr
+    out = json.loads(run_cli("repair", image.dev, "--json").stdout)
+    assert out["removed_keyslots"] == [1] and opens(image.path, PASSPHRASE)
+    types = [t["type"] for t in luks_dump(image.path)["tokens"].values()]  # type: ignore[union-attr]
+    assert types == ["other-tool"]  # the other program's token is not tpmseal's to remove
+
+
+def test_a_child_killed_by_a_signal_is_reported_as_killed(image: Image, tmp_path: Path) -> None:
+    real = shutil.which("cryptsetup")
+    d = tmp_path / "shim"
+    d.mkdir()
+    (d / "cryptsetup").write_text(f'#!/bin/sh\n[ "$1" = luksDump ] && kill -9 $$\nexec "{real}" "$@"\n')
+    (d / "cryptsetup").chmod(0o755)
+    p = run_cli("list", image.dev, "--no-tpm", env={"PATH": f"{d}:{os.environ['PATH']}"}, check=None)
+    assert p.returncode != 0 and "killed by signal 9 (SIGKILL)" in p.stderr, p.stderr

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import stat
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +41,17 @@ from pathlib import Path
 import pytest
 from support import PASSPHRASE, Swtpm, make_luks2, opens, run_cli, start_swtpm
 
-from tpmseal.inventory import report, run_test_unlock
-from tpmseal.luks.tokens import CLEVIS_TYPE, NATIVE_TYPE, PENDING_TYPE, RECOVERY_TYPE, SYSTEMD_TPM2_TYPE
+from tpmseal.inventory import ORPHAN, UNCONFIRMED, report, run_test_unlock
+from tpmseal.luks.tokens import (
+    CLEVIS_TYPE,
+    NATIVE_TYPE,
+    PENDING_TYPE,
+    RECOVERY_TYPE,
+    SYSTEMD_TPM2_TYPE,
+    pending_marker,
+)
 from tpmseal.luks.volume import Volume
-from tpmseal.repair import repair
+from tpmseal.repair import RepairResult, repair
 from tpmseal.testing.tpmproxy import TpmCommand, TpmProxy
 
 pytestmark = pytest.mark.tpm
@@ -223,8 +232,10 @@ def tpm_tokens_ok(img: Path, tcti: str) -> dict[int, bool]:
     return {r.token: r.ok for r in results}
 
 
-def check_after_kill(sc: Scenario, img: Path, tcti: str, before: dict[str, object]) -> list[str]:
-    """The invariants after a kill; returns what broke (empty: survived)."""
+def check_after_kill(
+    sc: Scenario, img: Path, tcti: str, before: dict[str, object], repairs: list[RepairResult] | None = None
+) -> list[str]:
+    """The invariants after a kill; returns what broke (empty: survived). ``repairs`` collects what repair did."""
     problems: list[str] = []
     v = Volume(str(img))
     header = v.header()
@@ -254,8 +265,13 @@ def check_after_kill(sc: Scenario, img: Path, tcti: str, before: dict[str, objec
             problems.append(f"token {t.id} bound to no keyslot not reported")
     # repair cleans up, and keeps every working key
     res = repair(v)
+    if repairs is not None:
+        repairs.append(res)
     header = v.header()
     rep = report(v, header, None)
+    left = {k.keyslot: k.kind for k in rep.keyslots if k.kind in (ORPHAN, UNCONFIRMED)}
+    if left:
+        problems.append(f"repair left orphan or unconfirmed keyslot(s) {left}")
     if rep.orphan_keyslots or rep.orphan_tokens or any(t.type in KEY_TYPES and not t.keyslots for t in rep.tokens):
         problems.append(f"repair left orphans: {rep.orphan_keyslots} {rep.orphan_tokens}")
     if any(k not in claimed for k in set(header.keyslots) & added):
@@ -265,6 +281,8 @@ def check_after_kill(sc: Scenario, img: Path, tcti: str, before: dict[str, objec
     after_ok = tpm_tokens_ok(img, tcti)
     if {t for t, g in ok.items() if g} - {t for t, g in after_ok.items() if g}:
         problems.append(f"repair broke a working TPM token ({res.actions})")
+    if not all(after_ok.values()):
+        problems.append(f"a dead TPM token is left after repair: {after_ok}")
     return problems
 
 
@@ -395,8 +413,8 @@ def test_sigkill_at_every_step_loses_no_key_and_repair_cleans_up(
 def test_repair_cli_removes_marker_orphan_and_unbound_tokens(crash_tpm: Swtpm, work: Path) -> None:
     img = make_luks2(work / "repair.img")
     v = Volume(img.dev)
-    v.import_token({"type": PENDING_TYPE, "keyslots": [], "version": 1, "keyslot": "3", "started": "x"}, 0)
-    v.add_keyslot(PASSPHRASE, b"a key lost in a crash", 3)  # pbkdf2, like enroll's
+    v.import_token(pending_marker(3, 4321), 0)
+    v.add_keyslot(PASSPHRASE, b"a key lost in a crash", 3, 4321)  # with the marker's fingerprint, as enroll does
     v.import_token({"type": PENDING_TYPE, "keyslots": [], "version": 1, "keyslot": "5", "started": "x"}, 1)
     v.import_token({"type": RECOVERY_TYPE, "keyslots": []}, 2)
     listing = json.loads(run_cli("list", img.dev, "--no-tpm", "--json").stdout)
@@ -442,3 +460,114 @@ def test_repair_waits_for_the_volume_lock(work: Path) -> None:
         else:
             os.environ["TPMSEAL_RUNTIME_DIR"] = old
     assert "busy" in r.stderr
+
+
+# --- random-time kills (issue 17): process-group SIGKILL at a uniformly random moment of the command -----------
+
+KILL_RUNS = int(os.environ.get("TPMSEAL_KILL_RUNS", "0") or 0)  # long mode: this many kills in all (>= 200)
+CI_KILLS = {"enroll": 2, "enroll-replace": 2, "enroll-recovery": 2, "wipe-slot": 2, "migrate": 2}
+
+
+@dataclass
+class RandomOutcome:
+    kills: int = 0
+    mid_command: int = 0  # the process died of the signal (not finished first)
+    survived: int = 0
+    repaired: int = 0  # repair removed something
+    left_for_admin: int = 0  # repair kept something and said so
+    failures: list[str] = field(default_factory=list)
+
+
+def signature(img: Path) -> tuple[tuple[str, ...], int]:
+    header = Volume(str(img)).header()
+    return tuple(sorted(t.type for t in header.tokens.values())), len(header.keyslots)
+
+
+def run_in_group(argv: list[str], env: dict[str, str], kill_after: float | None) -> tuple[int, float]:
+    """Run tpmseal in its own process group; SIGKILL the whole group after ``kill_after`` seconds."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tpmseal", *argv],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
+    )  # fmt: skip
+    if kill_after is not None:
+        try:
+            p.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+    try:
+        p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError(f"tpmseal {' '.join(argv)} hung") from None
+    return p.returncode, time.monotonic() - t0
+
+
+def kill_at_random_times(sc: Scenario, t: Swtpm, work: Path, runs: int, rng: random.Random) -> RandomOutcome:
+    d = work / f"random-{sc.name}"
+    d.mkdir()
+    template = d / "template.img"
+    make_luks2(template)
+    sc.prepare(template, t)
+    flush_all(t)
+    img = d / "disk.img"
+    img.with_suffix(".key").write_bytes(PASSPHRASE)
+    runtime = d / "run"
+    runtime.mkdir()
+    env = {**os.environ, "TPMSEAL_RUNTIME_DIR": str(runtime), "TSS2_LOG": "all+none"}
+    argv = sc.argv(img, t.tcti)
+    # the serial orders: the command once, and twice
+    shutil.copyfile(template, img)
+    state = snapshot(img, t.tcti)
+    rc1, duration = run_in_group(argv, env, None)
+    assert rc1 == 0, f"{sc.name}: calibration run failed ({rc1})"
+    once = signature(img)
+    rc2, _ = run_in_group(argv, env, None)
+    twice = signature(img)
+    serial = {(0, once), (rc2, twice)}
+    out = RandomOutcome()
+    for i in range(runs):
+        shutil.copyfile(template, img)
+        delay = rng.uniform(0, duration)
+        rc, _ = run_in_group(argv, env, delay)
+        flush_all(t)
+        out.kills += 1
+        label = f"{sc.name}: kill {i} at {delay:.3f}s of {duration:.3f}s"
+        if rc == 0:  # finished before the signal: a plain success, still checked below
+            pass
+        elif rc == -signal.SIGKILL:
+            out.mid_command += 1
+        else:
+            out.failures.append(f"{label}: exit {rc}")
+            continue
+        repairs: list[RepairResult] = []
+        problems = check_after_kill(sc, img, t.tcti, state, repairs)
+        if repairs and (repairs[0].removed_keyslots or repairs[0].removed_tokens):
+            out.repaired += 1
+        if repairs and repairs[0].kept_keyslots:
+            out.left_for_admin += 1
+        rerun_rc, _ = run_in_group(argv, env, None)
+        flush_all(t)
+        if (rerun_rc, signature(img)) not in serial:
+            problems.append(f"the rerun gave exit {rerun_rc} and {signature(img)}, a serial order {sorted(serial)}")
+        if problems:
+            out.failures.append(f"{label}: {'; '.join(problems)}")
+        else:
+            out.survived += 1
+    return out
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_sigkill_at_random_times_loses_no_key_and_repair_cleans_up(
+    name: str, crash_tpm: Swtpm, work: Path, request: pytest.FixtureRequest
+) -> None:
+    runs = -(-KILL_RUNS // len(SCENARIOS)) if KILL_RUNS else CI_KILLS[name]
+    seed = int(os.environ.get("TPMSEAL_KILL_SEED", "") or random.SystemRandom().randrange(1 << 32))
+    out = kill_at_random_times(SCENARIOS[name], crash_tpm, work, runs, random.Random(seed))
+    say(
+        request,
+        f"random kills, {name} (seed {seed}): {out.kills} kills, {out.mid_command} mid-command, survived "
+        f"{out.survived}, repaired {out.repaired}, left for the admin {out.left_for_admin}",
+    )
+    assert not out.failures, f"seed {seed}:\n" + "\n".join(out.failures)
+    assert out.survived == out.kills

@@ -109,8 +109,8 @@ def test_no_tpm_handles_left_after_success_or_failure(image: Image, swtpm: Swtpm
 def test_interrupted_enroll_is_reported_and_cleaned_up(image: Image, swtpm: Swtpm) -> None:
     """A crash after the marker and luksAddKey, before the token: the orphan is found and removed."""
     volume = Volume(image.dev)
-    volume.import_token(pending_marker(1), 0)
-    volume.add_keyslot(image.keyfile.read_bytes(), b"key that was lost in the crash", 1)
+    volume.import_token(pending_marker(1, 1234), 0)  # the fingerprint: 1234 PBKDF2 iterations
+    volume.add_keyslot(image.keyfile.read_bytes(), b"key that was lost in the crash", 1, 1234)
     listing = json.loads(run_cli("list", image.dev, "--no-tpm", "--json").stdout)
     assert listing["orphan_keyslots"] == [1] and listing["orphan_tokens"] == [0]
     assert {k["keyslot"]: k["kind"] for k in listing["keyslots"]} == {0: "password", 1: "orphan"}

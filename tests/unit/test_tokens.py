@@ -145,3 +145,27 @@ def test_parser_rejects_what_it_does_not_understand(mutate, exc: type[Exception]
 def test_parser_rejects_non_tokens(data: object) -> None:
     with pytest.raises(TokenCorrupt):
         parse_native(data)
+
+
+def test_pending_marker_round_trips_and_the_parser_is_strict() -> None:
+    from tpmseal.luks.tokens import Pending, parse_pending, pending_marker
+
+    m = pending_marker(3, 4242, "recovery")
+    assert parse_pending(m) == Pending(3, "recovery", 4242)
+    v1 = {"type": "tpmseal-pending", "keyslots": [], "version": 1, "keyslot": "3", "started": "x"}
+    assert parse_pending(v1) == Pending(3, "tpm2", None)  # read, but it proves nothing
+    bad: list[dict[str, object]] = [
+        {**m, "extra": 1},
+        {**m, "keyslots": ["3"]},
+        {**m, "keyslot": "²"},
+        {**m, "version": 3},
+        {**m, "purpose": "other"},
+        {**m, "kdf": {"type": "pbkdf2", "hash": "sha256", "iterations": 4242}},
+        {**m, "kdf": {"type": "argon2id", "hash": "sha512", "iterations": 4242}},
+        {**m, "kdf": {"type": "pbkdf2", "hash": "sha512", "iterations": 1000}},  # systemd's count: no fingerprint
+        {**m, "kdf": {"type": "pbkdf2", "hash": "sha512", "iterations": True}},
+        {**m, "kdf": {"type": "pbkdf2", "hash": "sha512", "iterations": 4242, "more": 1}},
+        {**v1, "kdf": m["kdf"]},
+    ]
+    for b in bad:
+        assert parse_pending(b) is None, b

@@ -329,9 +329,7 @@ def enroll_systemd_tpm2(
     from tpmseal.unlock import keyslot_passphrase, read_pcrs
 
     header = volume.header()
-    cleaned = clean_up_interrupted(volume, header)
-    if cleaned:
-        header = volume.header()
+    header.refuse_changes(volume.path)
     slot, token_id = free_slots(volume, header)
 
     with open_tpm(tpm_device) as esapi:
@@ -355,6 +353,7 @@ def enroll_systemd_tpm2(
                 add_with_token(volume, unlock_key, phrase, slot, token_id, render_systemd_tpm2(token))
                 opener = open_systemd_tpm2 if is_current else None
                 verified = prove(volume, esapi, slot, token_id, phrase, opener, pin)
+    cleaned = clean_up_interrupted(volume, volume.header())  # only now: the unlock key is proven
     return EnrollResult(
         volume.path, slot, token_id, TYPE, full.format(), full.bank, pin is not None, verified, cleaned_up=cleaned
     )

@@ -372,15 +372,73 @@ def _render_seal(s: Seal) -> dict[str, Any]:
     return out
 
 
-def pending_marker(keyslot: int) -> dict[str, Any]:
-    """Imported before a new keyslot is added; replaced in place by the real token afterwards."""
+PENDING_VERSION = 2
+PENDING_KEYS = {"type", "keyslots", "version", "keyslot", "started", "purpose", "kdf"}
+PENDING_PURPOSES = ("tpm2", "recovery")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A ``tpmseal-pending`` marker: the keyslot an unfinished tpmseal command was adding, and the
+    fingerprint it gave that keyslot (None for a version 1 marker, which had none: never provable)."""
+
+    keyslot: int
+    purpose: str  # tpm2 | recovery
+    iterations: int | None
+
+
+def new_fingerprint() -> int:
+    """A PBKDF2 iteration count from FINGERPRINT_ITERATIONS, drawn at random for one new keyslot."""
+    import secrets
+
+    from tpmseal.luks.volume import FINGERPRINT_ITERATIONS
+
+    return FINGERPRINT_ITERATIONS[secrets.randbelow(len(FINGERPRINT_ITERATIONS))]
+
+
+def pending_marker(keyslot: int, iterations: int, purpose: str = "tpm2") -> dict[str, Any]:
+    """Imported before a new keyslot is added; replaced in place by the real token afterwards.
+
+    ``kdf`` is the fingerprint of the keyslot about to be added (tpmseal passes exactly these
+    parameters to luksAddKey): written before the keyslot exists, it tells tpmseal's keyslot from one
+    another program adds in the same place later (docs/token-format.md).
+    """
+    from tpmseal.luks.volume import RANDOM_KEY_HASH
+
     return {
         "type": PENDING_TYPE,
         "keyslots": [],
         "version": PENDING_VERSION,
         "keyslot": str(keyslot),
         "started": now(),
+        "purpose": purpose,
+        "kdf": {"type": "pbkdf2", "hash": RANDOM_KEY_HASH, "iterations": iterations},
     }
+
+
+def parse_pending(data: Any) -> Pending | None:
+    """The marker, or None when it is not one tpmseal could have written (then nothing it names is provable)."""
+    from tpmseal.luks.volume import FINGERPRINT_ITERATIONS, RANDOM_KEY_HASH
+
+    if not isinstance(data, dict) or data.get("type") != PENDING_TYPE or data.get("keyslots") != []:
+        return None
+    keyslot = data.get("keyslot")
+    if not is_number(keyslot):
+        return None
+    version = data.get("version")
+    if version == 1 and set(data) <= {"type", "keyslots", "version", "keyslot", "started"}:
+        return Pending(int(keyslot), "tpm2", None)
+    if version != PENDING_VERSION or set(data) != PENDING_KEYS:
+        return None
+    kdf, purpose = data.get("kdf"), data.get("purpose")
+    if purpose not in PENDING_PURPOSES or not isinstance(kdf, dict) or set(kdf) != {"type", "hash", "iterations"}:
+        return None
+    iterations = kdf.get("iterations")
+    if kdf.get("type") != "pbkdf2" or kdf.get("hash") != RANDOM_KEY_HASH or not isinstance(iterations, int):
+        return None
+    if isinstance(iterations, bool) or iterations not in FINGERPRINT_ITERATIONS:
+        return None
+    return Pending(int(keyslot), str(purpose), iterations)
 
 
 def pending_keyslot(data: dict[str, Any]) -> int | None:
