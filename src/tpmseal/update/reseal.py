@@ -139,8 +139,18 @@ def _own_key(tokens: list[tuple[int, NativeToken]], key: PolicyKey) -> None:
 
 
 def _write(volume: Volume, header: Header, token_id: int, token: NativeToken, seals: list[Seal]) -> None:
+    """Replace the token, unless another program (which does not take tpmseal's lock) changed it since it
+    was read: then nothing is written and the caller is told (review R8)."""
+    from tpmseal.errors import HeaderChanged
+
     data = render_native(replace(token, seals=tuple(seals)))
     data["keyslots"] = header.tokens[token_id].data.get("keyslots", data["keyslots"])
+    now_there = volume.header().tokens.get(token_id)
+    if now_there is None or now_there.data != header.tokens[token_id].data:
+        raise HeaderChanged(
+            f"token {token_id} of {volume.path} was changed by another program while reseal ran; nothing written",
+            "check it with 'tpmseal list', then run reseal again",
+        )
     volume.import_token(data, token_id, replace=True)
 
 
