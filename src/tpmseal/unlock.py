@@ -85,6 +85,20 @@ def need_pin(pin: PinSource | None) -> bytearray:
     return text
 
 
+def seal_auth(seal: Seal, pin: PinSource | None) -> Secret | None:
+    """The authValue of ``seal`` (None without a PIN): the PIN from ``pin``, stretched by the seal's KDF;
+    the PIN's bytes are wiped once derived. Call it only after the checks that need no PIN."""
+    if not seal.pin:
+        return None
+    if seal.pin_kdf is None:
+        raise TokenCorrupt("a PIN seal without a PIN salt")
+    pin_text = need_pin(pin)
+    try:
+        return pin_auth(pin_text, seal.pin_kdf)
+    finally:
+        pin_text[:] = bytes(len(pin_text))
+
+
 class PinGuard:
     """One PIN for several tokens, never tried again after the TPM refused it.
 
@@ -154,13 +168,7 @@ def unseal_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None = None)
             now = read_pcrs(esapi, seal.pcrs) if seal.pcrs.pcrs else {}
             if changed_pcrs(seal, now):
                 raise _mismatch(seal, now)
-            if seal.pin_kdf is None:
-                raise TokenCorrupt("a PIN seal without a PIN salt")
-            pin_text = need_pin(pin)
-            try:
-                auth = pin_auth(pin_text, seal.pin_kdf)
-            finally:
-                pin_text[:] = bytes(len(pin_text))
+            auth = seal_auth(seal, pin)
         try:
             return unseal(esapi, srk, seal.sealed, seal.pcrs, auth)
         except PolicyMismatch:

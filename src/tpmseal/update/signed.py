@@ -395,9 +395,8 @@ def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None 
     (of any authorize seal) whose values are all current and whose signature the TPM accepts, and
     unseals with it. An approval the TPM rejects (forged, copied) is passed over, so one placed in front
     of the real one cannot stop the unlock."""
-    from tpmseal.tpm.seal import pin_auth
     from tpmseal.tpm.srk import srk_from_tpm
-    from tpmseal.unlock import need_pin
+    from tpmseal.unlock import seal_auth
 
     seals = [s for s in token.seals if s.signed is not None]
     if not seals:
@@ -430,14 +429,7 @@ def unseal_signed_token(esapi: ESAPI, token: NativeToken, pin: PinSource | None 
     srk = srk_from_tpm(esapi, token.srk)  # the TPM's key, checked, before any PIN is asked
     auth = None
     try:
-        if seal.pin:
-            if seal.pin_kdf is None:
-                raise TokenCorrupt("a PIN seal without a PIN salt")
-            pin_text = need_pin(pin)
-            try:
-                auth = pin_auth(pin_text, seal.pin_kdf)
-            finally:
-                pin_text[:] = bytes(len(pin_text))
+        auth = seal_auth(seal, pin)
         return unseal_signed(esapi, srk, seal, approval, auth, ticket)
     finally:
         if auth is not None:
