@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -331,7 +332,7 @@ def _boot_step_overtime(_sig: int, _frame: object) -> None:
 
 
 def cmd_measure_volumes(args: argparse.Namespace) -> int:
-    from tpmseal.boot.measure import boot_device, measure, tpm_expected, unlocked_volumes
+    from tpmseal.boot.measure import PRIVATE_NODE, boot_device, measure, tpm_expected, unlocked_volumes
 
     device = args.tpm2_device
     if args.boot:
@@ -349,7 +350,11 @@ def cmd_measure_volumes(args: argparse.Namespace) -> int:
             except TpmsealError as e:
                 raise type(e)(f"{e.message} ({why})", e.hint) from None
     volumes = unlocked_volumes()
-    n = measure(device, volumes, args.pcr)
+    try:
+        n = measure(device, volumes, args.pcr)
+    finally:
+        if device == PRIVATE_NODE:
+            os.unlink(device)
     names = ", ".join(f"{v.name} ({v.uuid})" for v in volumes) or "no volume"
     print(
         f"tpmseal: measured {names} into PCR {args.pcr} ({n} events); TPM tokens bound to it are closed "

@@ -54,7 +54,7 @@ def test_registered_driver_means_a_tpm_without_a_node(tmp_path: Path) -> None:
 def test_missing_node_is_replaced_by_a_private_one_from_sysfs(tmp_path: Path) -> None:
     sysfs = fake_sysfs(tmp_path, rdev=TPMRM)
     (tmp_path / "dev").mkdir()
-    private = tmp_path / "run" / "tpmseal" / "tpmrm0"
+    private = tmp_path / "dev" / "tpmseal-tpmrm"
     assert boot_device(str(sysfs), str(tmp_path / "dev"), str(private), wait=0) == str(private)
     st = os.lstat(private)
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == TPMRM and stat.S_IMODE(st.st_mode) == 0o600
@@ -102,3 +102,17 @@ def test_unlock_that_used_the_tpm_makes_the_measurement_required(tmp_path: Path)
     (tmp_path / "initrd-release").touch()
     note_tpm_used(str(marker), initrd_release=str(tmp_path / "initrd-release"))
     assert tpm_expected(sysfs, dev, str(marker)) == "the unlock talked to a TPM in this boot"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_a_tpm_bound_again_as_tpmrm1_is_found(tmp_path: Path) -> None:
+    """A driver unbound and bound again registers the chip under the next number (seen in the VM)."""
+    sysfs = fake_sysfs(tmp_path)
+    (sysfs / "class" / "tpmrm" / "tpmrm1").mkdir(parents=True)
+    (sysfs / "class" / "tpmrm" / "tpmrm1" / "dev").write_text("254:65537\n")
+    (tmp_path / "dev").mkdir()
+    private = tmp_path / "run" / "tpmrm0"
+    assert boot_device(str(sysfs), str(tmp_path / "dev"), str(private), wait=0) == str(private)
+    assert os.lstat(private).st_rdev == os.makedev(254, 65537)
+    os.mknod(tmp_path / "dev" / "tpmrm1", 0o600 | stat.S_IFCHR, os.makedev(254, 65537))
+    assert boot_device(str(sysfs), str(tmp_path / "dev"), str(private), wait=0) == str(tmp_path / "dev" / "tpmrm1")

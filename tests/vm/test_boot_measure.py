@@ -63,13 +63,19 @@ fi
 """
 
 
+EMERGENCY_HOOK = 'inst_hook emergency 00 "$moddir/tpmseal-measure.sh"'
+
+
 def old_module(dest: Path) -> Path:
-    """dracut/90tpmseal with the measurement unit and hook of before the fix."""
+    """dracut/90tpmseal with the measurement unit and hook of before the fix, and no emergency hook."""
     mod = dest / TPMSEAL_MODULE.name
     if not mod.exists():
         shutil.copytree(TPMSEAL_MODULE, mod, ignore=shutil.ignore_patterns("__pycache__"))
         (mod / "tpmseal-measure.service").write_text(OLD_MEASURE_UNIT)
         (mod / "tpmseal-measure.sh").write_text(OLD_MEASURE_HOOK)
+        setup = (mod / "module-setup.sh").read_text()
+        assert EMERGENCY_HOOK in setup
+        (mod / "module-setup.sh").write_text(setup.replace(EMERGENCY_HOOK, ":"))
     return mod
 
 
@@ -173,3 +179,45 @@ def test_device_node_removed_still_measured_and_key_refused(python_initramfs: h.
     assert rebind is not None and "/dev/tpmrm0" in rebind.text, result.summary()
     assert result.marker("ATTACK_REFUSED") is not None, result.summary()
     assert result.time_to(r"attack: .*PCR\(s\) 15 differ") is not None, result.summary()
+
+
+def emergency_shell_attack(initrd: h.Initramfs, image: Path, vtpm: Path, log: Path) -> h.BootResult:
+    """Unlock from the bound token, then isolate emergency.target before the measurement (allowing the
+    shell: rd.shell=1 after the harness's rd.shell=0, the last one counts) and, at the shell, ask the
+    TPM for the key through the volume's token."""
+    config = h.VmConfig(initrd=initrd.path, disks=[image], tpm_state=vtpm, kver=initrd.kver, timeout=TIMEOUT,
+                        cmdline=f"{SYSTEMD_ARGS} tpmsealprobe.break=emergency rd.shell=1")
+    with h.Vm(config, log) as vm:
+        vm.expect(r"TPMSEALPROBE: BREAK emergency", timeout=TIMEOUT)
+        vm.expect(r"Entering emergency mode", timeout=TIMEOUT)
+        vm.wait_quiet(quiet=3, timeout=60)
+        vm.send("\n")  # sulogin's "Press Enter for maintenance"
+        vm.expect(r"dracut:/#", timeout=120)
+        vm.wait_quiet(quiet=1, timeout=30)
+        # the marker prefix is assembled in the guest, so the echo of the typed line is no marker
+        vm.send("p=TPMSEAL; TSS2_LOG=all+none /usr/bin/tpmseal test-unlock --tpm2-device=auto /dev/vda > /tmp/o 2>&1;"
+                ' echo "${p}PROBE: SHELL_RC=$?"; while read -r l; do echo "${p}PROBE: shell: $l"; done < /tmp/o;'
+                " echo o > /proc/sysrq-trigger\n")
+        return vm.wait()
+
+
+def test_emergency_shell_before_measurement_gets_no_key(python_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str,
+                                                        tmp_path: Path) -> None:
+    """An emergency shell reached after the unlock and before the measurement (here: emergency.target
+    isolated; in life: a failed unit, a second volume that does not open, rd.break): dracut's emergency
+    hook measures first, so the shell's TPM refuses the key."""
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    result = emergency_shell_attack(python_initramfs, image, vtpm, tmp_path / "emergency.log")
+    assert result.time_to(r"tpmseal: .* unlocked with token 0") is not None, result.summary()
+    assert result.time_to(r"tpmseal: measured .*PCR 15") is not None, result.summary()
+    assert result.marker("SHELL_RC=5") is not None, result.summary()
+    assert result.time_to(r"shell: .*PCR\(s\) 15 differ") is not None, result.summary()
+
+
+def test_emergency_shell_old_module_gets_the_key(old_python_initramfs: h.Initramfs, vtpm: Path, vm_pcr7: str,
+                                                 tmp_path: Path) -> None:
+    """Control: without the emergency hook the shell's TPM releases the key (PCR 15 still zero)."""
+    image = enrolled_image(tmp_path, vtpm, vm_pcr7)
+    result = emergency_shell_attack(old_python_initramfs, image, vtpm, tmp_path / "emergency-old.log")
+    assert result.time_to(r"tpmseal: .* unlocked with token 0") is not None, result.summary()
+    assert result.marker("SHELL_RC=0") is not None, result.summary()

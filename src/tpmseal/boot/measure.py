@@ -98,7 +98,7 @@ def measure(tpm_device: str, volumes: list[Unlocked], pcr: int = VOLUME_PCR) -> 
 # --------------------------------------------------------------------------- at boot
 
 DEVICE_WAIT = 10.0  # seconds the boot step waits for a TPM the machine has to show up
-PRIVATE_NODE = "/run/tpmseal/tpmrm0"
+PRIVATE_NODE = "/dev/tpmseal-tpmrm"  # not in /run: it is mounted nodev
 
 
 USED_MARKER = "/run/tpmseal/tpm-used"
@@ -136,17 +136,34 @@ def tpm_expected(sysfs: str = "/sys", dev: str = "/dev", marker: str = USED_MARK
     return None
 
 
-def _sysfs_rdev(sysfs: str) -> int | None:
+def _sysfs_rdev(sysfs: str) -> tuple[str, int] | None:
+    """(name, device number) of the kernel's first TPM resource manager (tpmrm0; a TPM whose driver was
+    bound again comes back as tpmrm1), from sysfs."""
+    base = os.path.join(sysfs, "class", "tpmrm")
     try:
-        with open(os.path.join(sysfs, "class", "tpmrm", "tpmrm0", "dev"), encoding="ascii") as f:
-            major, minor = f.read().strip().split(":")
-        return os.makedev(int(major), int(minor))
-    except (OSError, ValueError):
+        names = sorted(n for n in os.listdir(base) if n.startswith("tpmrm"))
+    except OSError:
         return None
+    for name in names:
+        try:
+            with open(os.path.join(base, name, "dev"), encoding="ascii") as f:
+                major, minor = f.read().strip().split(":")
+            return name, os.makedev(int(major), int(minor))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _char_rdev(path: str) -> int | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_rdev if stat.S_ISCHR(st.st_mode) else None
 
 
 def boot_device(sysfs: str = "/sys", dev: str = "/dev", private: str = PRIVATE_NODE, wait: float = DEVICE_WAIT) -> str:
-    """The kernel's TPM resource manager for the boot step: ``/dev/tpmrm0`` when it is the device sysfs
+    """The kernel's TPM resource manager for the boot step: ``/dev/tpmrmN`` when it is the device sysfs
     names; a node of our own (``private``) when that node is missing or is something else; with no
     sysfs entry, ``/dev/tpmrm0`` if it is a character device. Waits up to ``wait`` seconds for the
     driver. Raises TpmUnavailable when there is none by then."""
@@ -155,25 +172,21 @@ def boot_device(sysfs: str = "/sys", dev: str = "/dev", private: str = PRIVATE_N
     node = os.path.join(dev, "tpmrm0")
     deadline = time.monotonic() + wait
     while True:
-        rdev = _sysfs_rdev(sysfs)
-        try:
-            st = os.stat(node)
-            existing = st.st_rdev if stat.S_ISCHR(st.st_mode) else None
-        except OSError:
-            existing = None
-        if rdev is not None:
-            if existing == rdev:
-                return node
-            os.makedirs(os.path.dirname(private), mode=0o700, exist_ok=True)
+        found = _sysfs_rdev(sysfs)
+        if found is not None:
+            name, rdev = found
+            if _char_rdev(os.path.join(dev, name)) == rdev:
+                return os.path.join(dev, name)
+            os.makedirs(os.path.dirname(private), mode=0o755, exist_ok=True)
             if os.path.lexists(private):
                 os.unlink(private)
             os.mknod(private, 0o600 | stat.S_IFCHR, rdev)
             return private
-        if existing is not None:
+        if _char_rdev(node) is not None:
             return node
         if time.monotonic() >= deadline:
             raise TpmUnavailable(
-                f"no TPM device: neither {node} nor {sysfs}/class/tpmrm/tpmrm0 appeared within {wait:g}s",
+                f"no TPM device: neither {node} nor an entry in {sysfs}/class/tpmrm appeared within {wait:g}s",
                 "the TPM's driver did not come up (or the TPM stopped answering)",
             )
         time.sleep(0.1)

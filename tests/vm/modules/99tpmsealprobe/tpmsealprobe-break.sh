@@ -5,6 +5,7 @@
 #   tpmsealprobe.break=unbind   unbind the TPM's driver: the TPM disappears (no /dev/tpm*, no
 #                               /sys/class/tpm); the "rebind" probe mode binds it again later
 #   tpmsealprobe.break=rmnode   delete the device nodes /dev/tpmrm0 and /dev/tpm0 (the driver stays)
+#   tpmsealprobe.break=emergency  (systemd flavour) isolate emergency.target: a shell before the measurement
 # What it did goes to /run/tpmsealprobe/broken ("unbind DRIVERDIR DEVICE" or "rmnode").
 say() { echo "TPMSEALPROBE: $*"; }
 devices() {
@@ -31,6 +32,12 @@ case $mode in
             echo "unbind $drv ${dev##*/}" > /run/tpmsealprobe/broken
             say "BREAK unbind ${dev##*/} from $drv; TPM devices left:$(devices)"
         fi
+        ;;
+    emergency)
+        # an emergency shell before the measurement (systemd flavour: what a failed unit leads to)
+        echo emergency > /run/tpmsealprobe/broken
+        say "BREAK emergency"
+        systemctl --no-block isolate emergency.target
         ;;
     rmnode)
         rm -f /dev/tpmrm0 /dev/tpm0

@@ -157,4 +157,11 @@ install() {
             inst_hook pre-mount 10 "$moddir/tpmseal-measure.sh"
         fi
     fi
+    # both flavours: dracut sources the emergency hooks before it gives a shell; measure there too, so
+    # that a shell reached before the measurement (an unlock failed, a unit failed, rd.break) does not
+    # have PCR 15 at its power-on value, and power off instead of the shell when that fails
+    if [[ -e $moddir/tpmseal-measure.sh ]]; then
+        inst_multiple -o timeout
+        inst_hook emergency 00 "$moddir/tpmseal-measure.sh"
+    fi
 }

@@ -1,9 +1,10 @@
 #!/bin/sh
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # pre-mount hook (initramfs without systemd): every volume is unlocked now and nothing from them has run;
-# extend PCR 15 so that TPM tokens bound to it are closed for the rest of this boot. Sourced by dracut's
-# shell: no exit. Fail closed: when the machine has a TPM and PCR 15 could not be extended, the boot
-# stops here (power off), before the root file system is mounted; with no TPM at all the command
+# extend PCR 15 so that TPM tokens bound to it are closed for the rest of this boot. Also an emergency
+# hook (both flavours): dracut sources it before it gives a shell. Sourced by dracut's shell: no exit.
+# Fail closed: when the machine has a TPM and PCR 15 could not be extended, the boot stops here (power
+# off), before the root file system is mounted or a shell is given; with no TPM at all the command
 # succeeds at once.
 
 tpmseal_measure() {
