@@ -75,8 +75,8 @@ def test_pcr_change_falls_back_to_typed_passphrase(python_initramfs: h.Initramfs
     config = h.VmConfig(initrd=python_initramfs.path, disks=[image], tpm_state=vtpm,
                         cmdline=f"{SYSTEMD_ARGS} tpmsealprobe.mode=extendpcr7", kver=python_initramfs.kver)
     with h.Vm(config, tmp_path / "pcr-changed.log") as vm:
-        vm.expect(r"tpmseal: .*PCR\(s\) 7 differ", timeout=120)
-        vm.expect(PROMPT, timeout=60)
+        vm.expect(r"tpmseal: .*PCR\(s\) 7 differ", timeout=400)
+        vm.expect(PROMPT, timeout=300)
         vm.wait_quiet()
         vm.send(PASSPHRASE + b"\n")
         result = vm.wait()
@@ -100,8 +100,8 @@ def test_no_tpm_attached_prompts_and_does_not_hang(python_initramfs: h.Initramfs
     config = h.VmConfig(initrd=python_initramfs.path, disks=[image], tpm_state=None, cmdline=SYSTEMD_ARGS,
                         kver=python_initramfs.kver)
     with h.Vm(config, tmp_path / "no-tpm.log") as vm:
-        vm.expect(r"tpmseal: .*(no TPM|/dev/tpmrm0)", timeout=120)
-        vm.expect(PROMPT, timeout=60)
+        vm.expect(r"tpmseal: .*(no TPM|/dev/tpmrm0)", timeout=400)
+        vm.expect(PROMPT, timeout=300)
         vm.wait_quiet()
         vm.send(PASSPHRASE + b"\n")
         result = vm.wait()
@@ -129,8 +129,8 @@ def test_shell_flavour_pcr_change_falls_back_to_prompt(shell_tpmseal_initramfs: 
     config = h.VmConfig(initrd=shell_tpmseal_initramfs.path, disks=[image], tpm_state=vtpm,
                         cmdline=f"{SHELL_ARGS} tpmsealprobe.mode=extendpcr7", kver=shell_tpmseal_initramfs.kver)
     with h.Vm(config, tmp_path / "shell-pcr-changed.log") as vm:
-        vm.expect(r"tpmseal: .*PCR\(s\) 7 differ", timeout=120)
-        vm.expect(r"Enter passphrase for", timeout=60)  # cryptsetup asking on the console (cryptroot-ask)
+        vm.expect(r"tpmseal: .*PCR\(s\) 7 differ", timeout=400)
+        vm.expect(r"Enter passphrase for", timeout=300)  # cryptsetup asking on the console (cryptroot-ask)
         vm.wait_quiet()
         vm.send(PASSPHRASE + b"\n")
         result = vm.wait()
@@ -174,8 +174,8 @@ def boot_swapped(python_initramfs: h.Initramfs, vtpm: Path, disks: tuple[Path, P
     with h.Vm(config, log) as vm:
         # the copied token unseals (PCRs are good) but its key does not open the attacker's keyslot,
         # so the prompt appears; the attacker types their own passphrase
-        vm.expect(r"tpmseal: .*does not open its keyslot", timeout=120)
-        vm.expect(PROMPT, timeout=60)
+        vm.expect(r"tpmseal: .*does not open its keyslot", timeout=400)
+        vm.expect(PROMPT, timeout=300)
         vm.wait_quiet()
         vm.send(ATTACKER_PASSPHRASE + b"\n")
         return vm.wait()
