@@ -192,7 +192,7 @@ def emergency_shell_attack(initrd: h.Initramfs, image: Path, vtpm: Path, log: Pa
         vm.expect(r"Entering emergency mode", timeout=TIMEOUT)
         vm.wait_quiet(quiet=3, timeout=60)
         vm.send("\n")  # sulogin's "Press Enter for maintenance"
-        vm.expect(r"dracut:/#", timeout=120)
+        vm.expect(r":/\S*# *$", timeout=200)  # the shell prompt (seen: ":/root# ")
         vm.wait_quiet(quiet=1, timeout=30)
         # the marker prefix is assembled in the guest, so the echo of the typed line is no marker
         vm.send("p=TPMSEAL; TSS2_LOG=all+none /usr/bin/tpmseal test-unlock --tpm2-device=auto /dev/vda > /tmp/o 2>&1;"
