@@ -190,8 +190,9 @@ def emergency_shell_attack(initrd: h.Initramfs, image: Path, vtpm: Path, log: Pa
     with h.Vm(config, log) as vm:
         vm.expect(r"TPMSEALPROBE: BREAK emergency", timeout=TIMEOUT)
         vm.expect(r"Entering emergency mode", timeout=TIMEOUT)
-        vm.wait_quiet(quiet=3, timeout=60)
-        vm.send("\n")  # sulogin's "Press Enter for maintenance"
+        vm.expect(r"Control-D to continue", timeout=200)  # sulogin: "Press Enter for maintenance"
+        vm.wait_quiet(quiet=1, timeout=30)
+        vm.send("\n")
         vm.expect(r":/\S*# *$", timeout=200)  # the shell prompt (seen: ":/root# ")
         vm.wait_quiet(quiet=1, timeout=30)
         # the marker prefix is assembled in the guest, so the echo of the typed line is no marker
