@@ -132,6 +132,15 @@ install() {
         if [[ -e $moddir/tpmseal-measure.service ]]; then
             inst_simple "$moddir/tpmseal-measure.service" "$systemdsystemunitdir/tpmseal-measure.service"
             $SYSTEMCTL -q --root "$initdir" add-wants cryptsetup.target tpmseal-measure.service
+            # fail closed: nothing mounts the root before the measurement succeeded. The links are
+            # made by hand: sysroot.mount comes from a generator at boot, and dracut-pre-mount.service
+            # from a module installed after this one
+            local req
+            for req in sysroot.mount initrd-root-fs.target dracut-pre-mount.service; do
+                mkdir -p "$initdir/etc/systemd/system/$req.requires"
+                ln_r "$systemdsystemunitdir/tpmseal-measure.service" \
+                    "/etc/systemd/system/$req.requires/tpmseal-measure.service"
+            done
         fi
         if [[ -e $moddir/tpmseal-askpass.path ]]; then
             $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target tpmseal-askpass.path
@@ -144,7 +153,15 @@ install() {
             inst_hook initqueue/settled 40 "$moddir/tpmseal-unlock.sh"
         fi
         if [[ -e $moddir/tpmseal-measure.sh ]]; then
+            inst_multiple -o timeout
             inst_hook pre-mount 10 "$moddir/tpmseal-measure.sh"
         fi
+    fi
+    # both flavours: dracut sources the emergency hooks before it gives a shell; measure there too, so
+    # that a shell reached before the measurement (an unlock failed, a unit failed, rd.break) does not
+    # have PCR 15 at its power-on value, and power off instead of the shell when that fails
+    if [[ -e $moddir/tpmseal-measure.sh ]]; then
+        inst_multiple -o timeout
+        inst_hook emergency 00 "$moddir/tpmseal-measure.sh"
     fi
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -434,11 +436,36 @@ def _warn_weak(token: int, pcrs: str, pin: bool) -> None:
         print(f"tpmseal: warning: token {token} is {w.message}; {advice(pin)}", file=sys.stderr)
 
 
-def cmd_measure_volumes(args: argparse.Namespace) -> int:
-    from tpmseal.boot.measure import measure, unlocked_volumes
+def _boot_step_overtime(_sig: int, _frame: object) -> None:
+    from tpmseal.errors import TpmUnavailable
 
+    raise TpmUnavailable("the TPM did not finish the measurement within the time limit")
+
+
+def cmd_measure_volumes(args: argparse.Namespace) -> int:
+    from tpmseal.boot.measure import PRIVATE_NODE, boot_device, measure, tpm_expected, unlocked_volumes
+
+    device = args.tpm2_device
+    if args.boot:
+        # the initramfs step: fail closed, within a time limit (a TPM that stops answering must not hang
+        # the boot; the unit or hook stops the boot when this fails)
+        signal.signal(signal.SIGALRM, _boot_step_overtime)
+        signal.alarm(max(1, int(args.time_limit)))
+        if device in ("", "auto"):
+            why = tpm_expected()
+            if why is None:
+                print("tpmseal: this machine has no TPM: nothing to measure into PCR 15", file=sys.stderr)
+                return 0
+            try:
+                device = boot_device(wait=args.wait)
+            except TpmsealError as e:
+                raise type(e)(f"{e.message} ({why})", e.hint) from None
     volumes = unlocked_volumes()
-    n = measure(args.tpm2_device, volumes, args.pcr)
+    try:
+        n = measure(device, volumes, args.pcr)
+    finally:
+        if device == PRIVATE_NODE:
+            os.unlink(device)
     names = ", ".join(f"{v.name} ({v.uuid})" for v in volumes) or "no volume"
     print(
         f"tpmseal: measured {names} into PCR {args.pcr} ({n} events); TPM tokens bound to it are closed "
@@ -580,6 +607,17 @@ def build_parser() -> argparse.ArgumentParser:
     mv = sub.add_parser("measure-volumes", help="extend PCR 15 with the unlocked volumes (end of initramfs unlock)")
     tpm(mv)
     mv.add_argument("--pcr", type=int, default=15, choices=range(24), metavar="N", help="the PCR to extend (15)")
+    mv.add_argument(
+        "--boot",
+        action="store_true",
+        help="the initramfs step: no TPM at all is success; otherwise fail unless PCR 15 moved (fail closed)",
+    )
+    mv.add_argument(
+        "--wait", type=float, default=10.0, metavar="SEC", help="with --boot: wait this long for the TPM device (10)"
+    )
+    mv.add_argument(
+        "--time-limit", type=float, default=60.0, metavar="SEC", help="with --boot: give up after SEC in all (60)"
+    )
     mv.set_defaults(func=cmd_measure_volumes)
 
     # commands that live in their own packages (imported at the top: they import nothing heavy)

@@ -62,3 +62,61 @@ def test_enroll_with_signed_pcr_policy_from_the_cli(image: Image, other_swtpm: S
     run_cli("test-unlock", image.dev, f"--tpm2-device={other_swtpm.tcti}")
     other_swtpm.extend(7, b"new secure boot state")
     run_cli("test-unlock", image.dev, f"--tpm2-device={other_swtpm.tcti}", check=5)
+
+
+def test_measurement_goes_through_with_every_session_slot_filled(other_swtpm: Swtpm) -> None:
+    """Attack: fill the TPM's session slots before the boot step. PCR 15's empty password needs no
+    session, so the measurement still happens."""
+    from tpm2_pytss import ESAPI, ESYS_TR, TPM2_ALG, TPM2_SE, TPMT_SYM_DEF, TSS2_Exception
+
+    from tpmseal.boot.measure import measure
+
+    sessions = []
+    esapi = ESAPI(other_swtpm.tcti)
+    try:
+        with pytest.raises(TSS2_Exception):  # until the TPM has no room for another one
+            for _ in range(100):
+                sessions.append(esapi.start_auth_session(
+                    tpm_key=ESYS_TR.NONE, bind=ESYS_TR.NONE, session_type=TPM2_SE.HMAC,
+                    symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), auth_hash=TPM2_ALG.SHA256,
+                ))  # fmt: skip
+        assert len(sessions) >= 3
+        before = other_swtpm.pcr(15)
+        assert measure(other_swtpm.tcti, []) == 1
+        assert other_swtpm.pcr(15) != before
+    finally:
+        for s in sessions:
+            esapi.flush_context(s)
+        esapi.close()
+    assert other_swtpm.loaded_handles() == []
+
+
+def test_an_extension_the_tpm_did_not_carry_out_is_an_error(other_swtpm: Swtpm, monkeypatch) -> None:
+    """A TPM (or something between it and us) that answers success to TPM2_PCR_Event without extending:
+    the read-back sees PCR 15 still at zero and the step fails (so the boot stops). Control: the same
+    answer with the extension carried out passes."""
+    from tpm2_pytss import ESAPI
+
+    from tpmseal.boot.measure import measure
+    from tpmseal.errors import TpmError
+
+    real = ESAPI.pcr_event
+    monkeypatch.setattr(ESAPI, "pcr_event", lambda self, handle, data, *a, **k: None)
+    with pytest.raises(TpmError, match="still holds its power-on value"):
+        measure(other_swtpm.tcti, [])
+    assert other_swtpm.pcr(15) == bytes(32)
+    monkeypatch.setattr(ESAPI, "pcr_event", real)
+    assert measure(other_swtpm.tcti, []) == 1
+    assert other_swtpm.pcr(15) != bytes(32)
+
+
+def test_boot_step_without_any_tpm_succeeds_and_says_so(tmp_path) -> None:
+    """On a machine with no TPM at all the boot step has nothing to close: exit 0 (the boot goes on).
+    This host has none (tests use swtpm over a socket)."""
+    import os
+
+    if any(os.path.exists(p) for p in ("/dev/tpmrm0", "/dev/tpm0", "/sys/class/tpm/tpm0",
+                                       "/sys/firmware/acpi/tables/TPM2")):  # fmt: skip
+        pytest.skip("this host has a TPM")
+    p = run_cli("measure-volumes", "--boot", "--tpm2-device=auto")
+    assert "has no TPM: nothing to measure" in p.stderr

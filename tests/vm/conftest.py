@@ -153,6 +153,35 @@ def python_initramfs(systemd_initramfs: h.Initramfs, tpmseal_python: Path, vm_ca
     return _build(spec, vm_cache, vm_measure, "systemd_probe_tpmseal")
 
 
+@pytest.fixture(scope="session")
+def vm_pcr7(systemd_initramfs: h.Initramfs, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """PCR 7 (sha256) as the VM's firmware leaves it, read by the probe in one boot."""
+    d = tmp_path_factory.mktemp("pcr-probe")
+    state = d / "vtpm"
+    h.swtpm_setup(state)
+    image = h.make_luks_image(d / "disk.img", PASSPHRASE, uuid=VOLUME_UUID)
+    config = h.VmConfig(initrd=systemd_initramfs.path, disks=[image.path], tpm_state=state,
+                        cmdline="rd.luks.crypttab=no rd.luks=0 tpmsealprobe.names=", kver=systemd_initramfs.kver)
+    result = h.boot(config, d / "pcr.log")
+    line = result.marker("PCR 7 : 0x")
+    assert line is not None, result.summary()
+    value = line.text.split("0x", 1)[1].strip().lower()
+    assert len(value) == 64 and value != "0" * 64
+    return value
+
+
+@pytest.fixture(scope="session")
+def shell_tpmseal_initramfs(shell_initramfs: h.Initramfs, tpmseal_python: Path, vm_cache: Path,
+                            vm_guest_files: tuple[tuple[Path, str], ...],
+                            vm_measure: Callable[[str, object], None]) -> h.Initramfs:
+    spec = h.InitramfsSpec(flavour=h.Flavour.SHELL, module_dirs=(PROBE_MODULE, TPMSEAL_MODULE),
+                           includes=vm_guest_files, kver=shell_initramfs.kver,
+                           env=(("TPMSEAL_PYTHON", str(tpmseal_python)),))
+    initrd = h.build_initramfs(spec, vm_cache)
+    vm_measure("initramfs.shell_probe_tpmseal.bytes", initrd.size)
+    return initrd
+
+
 @pytest.fixture
 def luks_image(tmp_path: Path) -> h.LuksImage:
     """A 32 MiB LUKS2 image with the fixed UUID: passphrase keyslot + key file keyslot."""

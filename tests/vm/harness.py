@@ -485,7 +485,7 @@ class VmConfig:
     cmdline: str = ""
     tpm_state: Path | None = None  # swtpm state dir (from swtpm_setup); None = no vTPM
     kver: str | None = None
-    timeout: float = 120
+    timeout: float = 600  # judged by markers; a loaded 2-core host needs minutes (seen: 160 s per boot)
     memory_mib: int = VM_MEMORY_MIB
     cpus: int = VM_CPUS
     swtpm_log: Path | None = None
@@ -499,8 +499,12 @@ class VmConfig:
         return Path(f"/boot/vmlinuz-{kver}")
 
     def full_cmdline(self) -> str:
-        # rd.emergency=poweroff: a failed boot ends the VM instead of waiting at a shell
-        return f"console=ttyS0 panic=-1 rd.shell=0 rd.emergency=poweroff {self.cmdline}".strip()
+        # rd.emergency=poweroff: a failed boot ends the VM instead of waiting at a shell;
+        # systemd.default_*_sec: systemd's 90 s for a unit to start or a device to appear are not enough when
+        # the host is loaded (seen: "Timed out waiting for device" with six jobs on two cores)
+        return (f"console=ttyS0 panic=-1 rd.shell=0 rd.emergency=poweroff systemd.default_timeout_start_sec=600 "
+                f"systemd.default_device_timeout_sec=600 "
+                f"{self.cmdline}").strip()
 
     def qemu_argv(self, tpm: Swtpm | None) -> list[str]:
         argv = [

@@ -51,6 +51,7 @@ class Outcome:
 
 def find_passphrase(volume: Volume, tpm_device: str, pin: PinSource | None = None) -> Outcome:
     """Try every TPM token of ``volume`` in token order; test each key against its keyslot."""
+    from tpmseal.boot.measure import note_tpm_used
     from tpmseal.tpm.device import open_tpm
 
     header = volume.header()
@@ -62,6 +63,7 @@ def find_passphrase(volume: Volume, tpm_device: str, pin: PinSource | None = Non
     guard = PinGuard(pin)  # a PIN the TPM refused is not tried on the next token
     try:
         with open_tpm(tpm_device) as esapi:
+            note_tpm_used()
             for t in tokens:
                 try:
                     phrase = openers[t.type](esapi, t.data, guard.source)

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # The probe proper. Kernel arguments it reads:
 #   tpmsealprobe.names=a,b    mapper names to check (default: the name in root=/dev/mapper/NAME)
-#   tpmsealprobe.mode=m1,m2   extra steps: enroll, python, attack, doctor (extendpcr7: the pre-udev hook)
+#   tpmsealprobe.mode=m1,m2   extra steps: enroll, python, rebind, attack, doctor (extendpcr7: the pre-udev hook;
+#                             rebind undoes tpmsealprobe.break=, see tpmsealprobe-break.sh)
 #   tpmsealprobe.victim=DEV   the real volume whose token the "attack" mode tries to unseal (default /dev/vdb)
 #   tpmsealprobe.enroll=DEV   the LUKS device that "enroll" enrolls (default /dev/vda)
 # Every result line starts with "TPMSEALPROBE: ".
@@ -64,6 +65,7 @@ for t in /dev/tpm0 /dev/tpmrm0; do
     [ -c "$t" ] && tpms="$tpms $t"
 done
 say "TPM devices:${tpms:- none}"
+[ -e /sys/firmware/acpi/tables/TPM2 ] && say "ACPI TPM2 table"
 if [ -c /dev/tpmrm0 ] && command -v tpm2_pcrread > /dev/null; then
     TPM2TOOLS_TCTI=device:/dev/tpmrm0 tpm2_pcrread sha256:0,1,2,3,4,5,6,7 2>&1 |
         while read -r line; do say "PCR $line"; done
@@ -108,6 +110,36 @@ case $modes in
             "$py" -I -S /usr/lib/tpmsealprobe/pyprobe.py 2>&1 | while read -r line; do say "$line"; done
             say "PY_PROBE_PROCESS ms=$(ms_since "$t0")"
         fi
+        ;;
+esac
+
+case $modes in
+    *" rebind "*)
+        # undo tpmsealprobe.break= (code running after the unlock brings the TPM back), then list it
+        read -r kind drv tdev < /run/tpmsealprobe/broken 2> /dev/null
+        case $kind in
+            unbind) echo "$tdev" > "$drv/bind" || say "REBIND_FAIL bind $tdev to $drv" ;;
+        esac
+        # the chip may come back under another number (tpmrm1): take whichever the kernel registers
+        i=0
+        sysdev=
+        while [ -z "$sysdev" ] && [ $i -lt 150 ]; do
+            for f in /sys/class/tpmrm/tpmrm*/dev; do
+                [ -e "$f" ] && sysdev=$f && break
+            done
+            [ -n "$sysdev" ] || sleep 0.2
+            i=$((i + 1))
+        done
+        if [ -n "$sysdev" ] && [ ! -c /dev/tpmrm0 ]; then
+            IFS=: read -r maj min < "$sysdev"
+            mknod /dev/tpmrm0 c "$maj" "$min"
+        fi
+        say "REBIND sysfs: ${sysdev:-none}"
+        tpms=
+        for t in /dev/tpm0 /dev/tpmrm0; do
+            [ -c "$t" ] && tpms="$tpms $t"
+        done
+        say "REBIND ${kind:-nothing} TPM devices:${tpms:- none}"
         ;;
 esac
 
