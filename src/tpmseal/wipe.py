@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -102,7 +103,29 @@ def wipe(
 def remove_keyslot(volume: Volume, header: Header, keyslot: int) -> None:
     """Kill the keyslot first (cryptsetup unassigns it from tokens in the same header write), then
     remove the tokens left bound to nothing. A crash between leaves an orphan token, never a keyslot
-    whose key is lost."""
+    whose key is lost.
+
+    ``header`` is what the decision was made on: if another program (which does not take tpmseal's lock)
+    has since replaced that keyslot (a new salt) or changed the tokens naming it, nothing is removed and
+    HeaderChanged says so."""
+    from tpmseal.errors import HeaderChanged
+
+    now = volume.header()
+
+    def naming(h: Header) -> list[tuple[int, str, str]]:
+        # a token's other keyslots may have gone in this very command (cryptsetup unassigns killed ones)
+        return sorted(
+            (t.id, t.type, json.dumps({k: v for k, v in t.data.items() if k != "keyslots"}, sort_keys=True))
+            for t in h.tokens.values()
+            if keyslot in t.keyslots
+        )
+
+    if now.keyslots.get(keyslot) != header.keyslots.get(keyslot) or naming(now) != naming(header):
+        raise HeaderChanged(
+            f"keyslot {keyslot} of {volume.path} (or a token naming it) was changed by another program since "
+            "tpmseal read the header; nothing removed",
+            "check it with 'tpmseal list', then run the command again",
+        )
     volume.kill_keyslot(keyslot)
     for t in header.tokens.values():
         named = keyslot in t.keyslots or (t.type == PENDING_TYPE and pending_keyslot(t.data) == keyslot)

@@ -271,3 +271,37 @@ def test_control_the_old_kind_rule_wipes_the_real_passphrase(
         return
     wipe_slots(volume, header, [0], swtpm.tcti)
     assert not opens(image.path, PASSPHRASE)  # the hole: wiped without --force
+
+
+def _replace_keyslot_1_meanwhile(image: Image) -> tuple[Header, bytes]:
+    """The admin's key A in keyslot 1; tpmseal reads the header; then another program replaces keyslot 1
+    with the admin's new key B (luksKillSlot + luksAddKey into the same keyslot)."""
+    subprocess.run(["cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+                    "1000", "--key-slot", "1", "--key-file", str(image.keyfile), str(image.path), "-"],
+                   input=b"admin key A", check=True, capture_output=True)  # fmt: skip
+    stale = Volume(image.dev).header()
+    subprocess.run(["cryptsetup", "luksKillSlot", "--batch-mode", str(image.path), "1"], check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run(["cryptsetup", "luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+                    "1000", "--key-slot", "1", "--key-file", str(image.keyfile), str(image.path), "-"],
+                   input=b"admin key B", check=True, capture_output=True)  # fmt: skip
+    assert opens(image.path, b"admin key B", 1) and not opens(image.path, b"admin key A", 1)
+    return stale, b"admin key B"
+
+
+def test_a_keyslot_another_program_replaced_since_the_header_was_read_is_not_removed(image: Image) -> None:
+    from tpmseal.errors import HeaderChanged
+
+    stale, new_key = _replace_keyslot_1_meanwhile(image)
+    with pytest.raises(HeaderChanged, match="changed by another program"):
+        wipe_slots(Volume(image.dev), stale, [1], None)
+    assert opens(image.path, new_key, 1)
+
+
+def test_control_without_the_re_read_the_replaced_keyslot_is_destroyed(
+    image: Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale, new_key = _replace_keyslot_1_meanwhile(image)
+    monkeypatch.setattr(Volume, "header", lambda self: stale)  # the decision's header is taken as current
+    wipe_slots(Volume(image.dev), stale, [1], None)
+    assert not opens(image.path, new_key)

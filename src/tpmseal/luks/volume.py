@@ -52,6 +52,7 @@ class Keyslot:
     type: str = "luks2"  # "reencrypt": a re-encryption in progress holds it; never a way in
     kdf_hash: str | None = None
     iterations: int | None = None
+    salt: str | None = None  # the KDF's random salt: tells this keyslot from one another program put there
 
     @property
     def plain(self) -> bool:
@@ -131,6 +132,7 @@ def _keyslot(k: int, v: dict[str, Any]) -> Keyslot:
         str(v.get("type", "?")),
         str(kdf["hash"]) if isinstance(kdf.get("hash"), str) else None,
         iterations if isinstance(iterations, int) and not isinstance(iterations, bool) else None,
+        str(kdf["salt"]) if isinstance(kdf.get("salt"), str) else None,
     )
 
 
