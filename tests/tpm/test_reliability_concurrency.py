@@ -207,15 +207,19 @@ def test_readers_wait_for_a_writer(image: Image, swtpm: Swtpm, tmp_path: Path) -
     os.environ["TPMSEAL_RUNTIME_DIR"] = str(run)
     try:
         with volume_lock(image.dev):
-            readers = [start(["test-unlock", image.dev, tpm], env), start(["list", image.dev, tpm], env)]
+            readers = [start(["test-unlock", image.dev, tpm], env), start(["list", image.dev, tpm], env),
+                       start(["doctor", image.dev, tpm, "--json"], env), start(["unlock", image.dev, tpm], env)]
             time.sleep(1.5)
-            assert [p.poll() for p in readers] == [None, None]  # still waiting
+            assert [p.poll() for p in readers] == [None, None, None, None]  # still waiting
     finally:
         if old is None:
             os.environ.pop("TPMSEAL_RUNTIME_DIR")
         else:
             os.environ["TPMSEAL_RUNTIME_DIR"] = old
-    assert [finish(p)[0] for p in readers] == [0, 0]
+    codes = [finish(p) for p in readers]
+    assert [c[0] for c in codes[:2]] == [0, 0]
+    assert "unseal" in str(codes[2]) and "busy" not in str(codes[2]), codes[2]  # doctor ran its checks
+    assert "busy" not in str(codes[3]), codes[3]  # unlock got past the lock (mapping fails: no device-mapper)
 
 
 def racing_shim(d: Path, at: str, then: str, when: str = "after") -> None:

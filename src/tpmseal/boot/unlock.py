@@ -50,7 +50,16 @@ class Outcome:
 
 
 def find_passphrase(volume: Volume, tpm_device: str, pin: PinSource | None = None) -> Outcome:
-    """Try every TPM token of ``volume`` in token order; test each key against its keyslot."""
+    """Try every TPM token of ``volume`` in token order; test each key against its keyslot. The volume's
+    lock is held shared meanwhile, so a tpmseal writer (an enroll after boot) never changes the header
+    under it."""
+    from tpmseal.lock import volume_read_lock
+
+    with volume_read_lock(volume.path):
+        return _find_passphrase(volume, tpm_device, pin)
+
+
+def _find_passphrase(volume: Volume, tpm_device: str, pin: PinSource | None) -> Outcome:
     from tpmseal.boot.measure import note_tpm_used
     from tpmseal.tpm.device import open_tpm
 

@@ -10,6 +10,7 @@ This module is imported when the CLI's parser is built: it imports nothing heavy
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -74,12 +75,23 @@ def run_doctor(
     root: str = "/",
     initrd: str | None = None,
 ) -> Report:
-    """Run every check. ``devices``: the volumes to check (default: every LUKS volume found)."""
+    """Run every check. ``devices``: the volumes to check (default: every LUKS volume found). Each volume's
+    lock is held shared for the whole run, so no tpmseal writer changes a header between the checks."""
+    import contextlib
+
+    with contextlib.ExitStack() as locks:
+        return _run_doctor(devices, tpm_device, root, initrd, locks)
+
+
+def _run_doctor(
+    devices: list[str], tpm_device: str, root: str, initrd: str | None, locks: contextlib.ExitStack[bool | None]
+) -> Report:
     from tpmseal import __version__
     from tpmseal.config.discover import discover, given
     from tpmseal.doctor import checks as c
     from tpmseal.errors import TpmsealError
     from tpmseal.inventory import native_tokens
+    from tpmseal.lock import volume_read_lock
     from tpmseal.luks.volume import Header, Volume
 
     rep = Report()
@@ -98,6 +110,7 @@ def run_doctor(
                 continue
             vol = Volume(v.device)
             try:
+                locks.enter_context(volume_read_lock(vol.path))
                 header = vol.header()
             except TpmsealError as e:
                 rep.checks.append(c.Check("volume", c.FAIL, f"unreadable: {e.message}", e.hint, v.device))
