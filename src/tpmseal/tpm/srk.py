@@ -82,6 +82,19 @@ def is_tpm_resident_parent(public: Any) -> bool:
     return (a & need) == need and not (a & TPMA_OBJECT.SIGN_ENCRYPT) and area.type in (TPM2_ALG.ECC, TPM2_ALG.RSA)
 
 
+def _name_of(public: Any) -> bytes:
+    """The TPM name of a public area: nameAlg || SHA-256(TPMT_PUBLIC). Computed with hashlib, not
+    ``TPMT_PUBLIC.get_name()``, whose lazy import of cryptography's OpenSSL backend the initramfs lacks."""
+    import hashlib
+    import struct
+
+    from tpm2_pytss import TPM2_ALG
+
+    if public.publicArea.nameAlg != TPM2_ALG.SHA256:
+        raise ValueError("the SRK's name algorithm is not SHA-256")
+    return struct.pack(">H", TPM2_ALG.SHA256) + hashlib.sha256(bytes(public.publicArea.marshal())).digest()
+
+
 def srk_from_tpm(esapi: ESAPI, ref: SrkRef) -> Any:
     """The ESYS_TR of the key at ``ref.handle`` as the TPM reports it (one ReadPublic), checked.
 
@@ -101,7 +114,7 @@ def srk_from_tpm(esapi: ESAPI, ref: SrkRef) -> Any:
         raise tpm_error(e, "reading the SRK") from None
     try:
         public = public_of(esapi, tr)
-        name = bytes(public.publicArea.get_name())
+        name = _name_of(public)
         if name != bytes(esapi.tr_get_name(tr)) or name != ref.name:
             raise WrongTpm(
                 f"the key at {ref.handle:#x} is not the SRK this token was sealed under (another TPM, a cleared "
