@@ -241,9 +241,10 @@ def check_after_kill(
     header = v.header()
     if not (sc.passphrase_may_go or opens(img, PASSPHRASE)):
         problems.append("the passphrase no longer opens the volume")
-    for slot in (2,) if sc.name == "wipe-slot" else ():
-        if slot in header.keyslots and not opens(img, SECOND, slot):
-            problems.append(f"keyslot {slot} is there but its passphrase no longer opens it")
+    # The keyslot wipe-slot was asked to remove may be gone, intact, or — killed inside cryptsetup's
+    # luksKillSlot, which wipes the key material before it rewrites the header — present but dead: that
+    # is cryptsetup's own intermediate state (issue 17, item 3), not a lost key (the admin asked for it to
+    # go), and the rerun below must finish removing it. Every other key is checked as before.
     ok = tpm_tokens_ok(img, tcti)
     broken = [t for t, good in ok.items() if not good]
     if broken:
