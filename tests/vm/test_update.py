@@ -125,7 +125,7 @@ def test_update_through_hook_unlocks_and_unhooked_update_prompts(
                  "TPMSEAL_RESEAL_OPTIONS": f"{image} --tpm2-device={dev} --eventlog={EVENTLOG} --private-key={key}"},
         )  # fmt: skip
     vm_measure("update.hook_reseal_s", round(time.monotonic() - t0, 2))
-    assert hook.returncode == 0 and "seal 'enrolled': added" in hook.stdout, hook.stdout + hook.stderr
+    assert hook.returncode == 0 and "seal 0 'enrolled': added" in hook.stdout, hook.stdout + hook.stderr
     code, out = check_reboot(image, kernel, initrd_b, measured_cmdline(cfg_b))
     assert code == 0 and "will unlock (approved policy 'next-boot')" in out, out
 
