@@ -18,6 +18,11 @@ POLICY_HASH = "sha256"  # the sealed object's nameAlg and the policy session's h
 POLICY_DIGEST_SIZE = 32
 
 
+def tpm_name(public: bytes) -> bytes:
+    """TPM name of a marshaled TPM2B_PUBLIC whose nameAlg is SHA-256: nameAlg || SHA-256(TPMT_PUBLIC)."""
+    return struct.pack(">H", 0x000B) + hashlib.sha256(public[2:]).digest()
+
+
 def marshal_pcr_selection(bank: str, indexes: tuple[int, ...]) -> bytes:
     """TPML_PCR_SELECTION with a single TPMS_PCR_SELECTION (3-byte bitmap)."""
     bitmap = bytearray(3)

@@ -85,14 +85,13 @@ def is_tpm_resident_parent(public: Any) -> bool:
 def _name_of(public: Any) -> bytes:
     """The TPM name of a public area: nameAlg || SHA-256(TPMT_PUBLIC). Computed with hashlib, not
     ``TPMT_PUBLIC.get_name()``, whose lazy import of cryptography's OpenSSL backend the initramfs lacks."""
-    import hashlib
-    import struct
-
     from tpm2_pytss import TPM2_ALG
+
+    from tpmseal.tpm.policy import tpm_name
 
     if public.publicArea.nameAlg != TPM2_ALG.SHA256:
         raise ValueError("the SRK's name algorithm is not SHA-256")
-    return struct.pack(">H", TPM2_ALG.SHA256) + hashlib.sha256(bytes(public.publicArea.marshal())).digest()
+    return tpm_name(bytes(public.marshal()))
 
 
 def srk_from_tpm(esapi: ESAPI, ref: SrkRef) -> Any:

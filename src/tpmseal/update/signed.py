@@ -36,6 +36,7 @@ from tpmseal.tpm.policy import (
     extend,
     marshal_pcr_selection,
     policy_digest,
+    tpm_name,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def tpm_public(x: int, y: int) -> bytes:
 
 def key_name(public: bytes) -> bytes:
     """TPM name of a marshaled TPM2B_PUBLIC whose nameAlg is SHA-256."""
-    return struct.pack(">H", 0x000B) + hashlib.sha256(public[2:]).digest()
+    return tpm_name(public)
 
 
 def policy_key_from_private(private: EllipticCurvePrivateKey) -> PolicyKey:
